@@ -1,0 +1,256 @@
+//! A state's life: creation (library or caller buffers), the step, its counters and
+//! hyperparameters, copies of single buffers, and checkpoints.
+
+use std::ffi::{c_char, c_void, CStr};
+
+use crate::checkpoint;
+use crate::error::invalid;
+use crate::state::{LearningRate, State, StepRequest};
+
+use super::library::layout_to_c;
+use super::status::guard;
+use super::types::*;
+use super::{caller_slice, caller_slice_mut, read_struct, with_state, write_out, MlorcState};
+
+fn create(
+    config: *const MlorcConfig,
+    desc: *const MlorcTensorDesc,
+    out: *mut *mut MlorcState,
+    make: impl FnOnce(&crate::config::Config, &crate::config::TensorDesc) -> crate::error::Result<State>,
+) -> crate::error::Result<()> {
+    if out.is_null() {
+        return invalid!("out is NULL");
+    }
+    let config = read_struct(config, "config")?.to_config()?;
+    let desc = read_struct(desc, "desc")?.to_desc()?;
+    let state = make(&config, &desc)?;
+    let handle = Box::into_raw(Box::new(MlorcState::new(state)));
+    write_out(out, handle, "out")
+}
+
+/// Creates the optimizer state of one parameter tensor, its buffers allocated by the library
+/// and zeroed. On success `*out` owns the state: release it with mlorc_state_destroy. `config`
+/// and `desc` are read during the call only.
+#[no_mangle]
+pub extern "C" fn mlorc_state_create(
+    config: *const MlorcConfig,
+    desc: *const MlorcTensorDesc,
+    out: *mut *mut MlorcState,
+) -> MlorcStatus {
+    guard("mlorc_state_create", || create(config, desc, out, State::new))
+}
+
+/// Creates a state that keeps its buffers in caller memory: `buffers[i]` points to buffer i of
+/// mlorc_buffer_info (f32, rows·cols elements, 4-byte aligned, same memory space as the
+/// parameter), `count` is mlorc_buffer_count. Their current contents are the state (zeros for a
+/// fresh one). The library reads and writes them in place during calls and never frees them;
+/// they must stay valid, and not be touched by the caller during a call, until the state is
+/// destroyed. The step count starts at 0 (set it with mlorc_state_set_step_count when resuming).
+#[no_mangle]
+pub extern "C" fn mlorc_state_create_with_buffers(
+    config: *const MlorcConfig,
+    desc: *const MlorcTensorDesc,
+    buffers: *const *mut f32,
+    count: usize,
+    out: *mut *mut MlorcState,
+) -> MlorcStatus {
+    guard("mlorc_state_create_with_buffers", || {
+        let pointers = caller_slice(buffers, count, "buffers")?;
+        // SAFETY: the caller lends the buffers under the contract documented above.
+        create(config, desc, out, |c, d| unsafe { State::with_buffers(c, d, pointers) })
+    })
+}
+
+/// Destroys a state and frees what the library allocated for it (never caller buffers).
+/// NULL is a no-op. The handle must not be used afterwards, nor be in use by another thread.
+#[no_mangle]
+pub extern "C" fn mlorc_state_destroy(state: *mut MlorcState) {
+    if state.is_null() {
+        return;
+    }
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: a non-NULL handle was returned by mlorc_state_create* and is destroyed once.
+        drop(unsafe { Box::from_raw(state) });
+    }));
+}
+
+/// One optimizer step: updates `param` in place from `grad` and the state, then compresses the
+/// new moments into the state. `param` (rows·cols of desc.param_dtype) and `grad` (of
+/// desc.grad_dtype) are caller-owned, row-major, contiguous, in the state's memory space, and
+/// must not overlap each other or the state's buffers; they are used during the call only.
+/// Options: lr (or *lr_ptr), optional *grad_scale (the gradient is divided by it), optional
+/// *found_inf (non-zero: nothing changes, not even the step count). On the CPU the step is
+/// complete on return. On error nothing has changed.
+#[no_mangle]
+pub extern "C" fn mlorc_step(
+    state: *mut MlorcState,
+    param: *mut c_void,
+    grad: *const c_void,
+    options: *const MlorcStepOptions,
+) -> MlorcStatus {
+    guard("mlorc_step", || {
+        let options = read_struct(options, "options")?;
+        if param.is_null() {
+            return invalid!("param is NULL");
+        }
+        if grad.is_null() {
+            return invalid!("grad is NULL");
+        }
+        let request = StepRequest {
+            param: param as *mut u8,
+            grad: grad as *const u8,
+            lr: if options.lr_ptr.is_null() {
+                LearningRate::Value(options.lr)
+            } else {
+                LearningRate::Pointer(options.lr_ptr)
+            },
+            grad_scale: options.grad_scale,
+            found_inf: options.found_inf,
+        };
+        // SAFETY: the caller's contract above covers param, grad and the option pointers.
+        with_state(state, |s| unsafe { s.step_raw(&request) })
+    })
+}
+
+/// The number of steps taken (found_inf steps excluded).
+#[no_mangle]
+pub extern "C" fn mlorc_state_step_count(state: *const MlorcState, count: *mut u64) -> MlorcStatus {
+    guard("mlorc_state_step_count", || {
+        let value = with_state(state, |s| Ok(s.step_count()))?;
+        write_out(count, value, "count")
+    })
+}
+
+/// Sets the step count (bias correction and the random sketches follow it).
+#[no_mangle]
+pub extern "C" fn mlorc_state_set_step_count(state: *mut MlorcState, count: u64) -> MlorcStatus {
+    guard("mlorc_state_set_step_count", || with_state(state, |s| Ok(s.set_step_count(count))))
+}
+
+/// Bytes of optimizer state this state holds, whether allocated by the library or lent by the
+/// caller (the formula of mlorc_state_bytes_required).
+#[no_mangle]
+pub extern "C" fn mlorc_state_memory_bytes(state: *const MlorcState, bytes: *mut usize) -> MlorcStatus {
+    guard("mlorc_state_memory_bytes", || {
+        let value = with_state(state, |s| Ok(s.memory_bytes()))?;
+        write_out(bytes, value, "bytes")
+    })
+}
+
+/// The layout the state resolved to (MLORC_LAYOUT_FACTORED or MLORC_LAYOUT_DENSE).
+#[no_mangle]
+pub extern "C" fn mlorc_state_layout(state: *const MlorcState, layout: *mut MlorcLayout) -> MlorcStatus {
+    guard("mlorc_state_layout", || {
+        let value = with_state(state, |s| Ok(layout_to_c(s.plan().layout)))?;
+        write_out(layout, value, "layout")
+    })
+}
+
+/// Copies the state's configuration into `config` (struct_size is set).
+#[no_mangle]
+pub extern "C" fn mlorc_state_get_config(state: *const MlorcState, config: *mut MlorcConfig) -> MlorcStatus {
+    guard("mlorc_state_get_config", || {
+        let value = with_state(state, |s| Ok(MlorcConfig::from_config(s.config())))?;
+        write_out(config, value, "config")
+    })
+}
+
+/// Changes hyperparameters (betas, eps, weight_decay, bias_correction, stochastic_rounding,
+/// power_iters, seed) from the next step on. algorithm, layout, rank and oversampling must
+/// equal the state's; otherwise MLORC_ERROR_INVALID_ARGUMENT and nothing changes.
+#[no_mangle]
+pub extern "C" fn mlorc_state_set_config(state: *mut MlorcState, config: *const MlorcConfig) -> MlorcStatus {
+    guard("mlorc_state_set_config", || {
+        let config = read_struct(config, "config")?.to_config()?;
+        with_state(state, |s| s.set_config(&config))
+    })
+}
+
+fn buffer_name<'a>(name: *const c_char) -> crate::error::Result<&'a str> {
+    if name.is_null() {
+        return invalid!("name is NULL");
+    }
+    // SAFETY: a non-NULL name must be a NUL-terminated string (caller contract).
+    let name = unsafe { CStr::from_ptr(name) };
+    name.to_str().or_else(|_| invalid!("name is not UTF-8"))
+}
+
+/// Copies the state buffer called `name` (see mlorc_buffer_info) into `dst`, which holds
+/// `count` floats in the state's memory space; count must equal the buffer's rows·cols.
+#[no_mangle]
+pub extern "C" fn mlorc_state_read_buffer(
+    state: *const MlorcState,
+    name: *const c_char,
+    dst: *mut f32,
+    count: usize,
+) -> MlorcStatus {
+    guard("mlorc_state_read_buffer", || {
+        let name = buffer_name(name)?;
+        with_state(state, |s| {
+            let src = s.buffer(name)?;
+            if count != src.len() {
+                return invalid!("buffer {name} holds {} floats, count is {count}", src.len());
+            }
+            caller_slice_mut(dst, count, "dst")?.copy_from_slice(src);
+            Ok(())
+        })
+    })
+}
+
+/// Copies `count` floats from `src` into the state buffer called `name`; count must equal the
+/// buffer's rows·cols. Nothing is derived from buffers between steps, so the next step uses
+/// the new contents as they are.
+#[no_mangle]
+pub extern "C" fn mlorc_state_write_buffer(
+    state: *mut MlorcState,
+    name: *const c_char,
+    src: *const f32,
+    count: usize,
+) -> MlorcStatus {
+    guard("mlorc_state_write_buffer", || {
+        let name = buffer_name(name)?;
+        let src = caller_slice(src, count, "src")?;
+        with_state(state, |s| s.write_buffer(name, src))
+    })
+}
+
+/// Bytes mlorc_state_save will write for this state.
+#[no_mangle]
+pub extern "C" fn mlorc_state_save_size(state: *const MlorcState, size: *mut usize) -> MlorcStatus {
+    guard("mlorc_state_save_size", || {
+        let value = with_state(state, |s| Ok(checkpoint::saved_size(s)))?;
+        write_out(size, value, "size")
+    })
+}
+
+/// Writes the whole state (configuration, step count, buffers) into caller memory `dst` of
+/// `capacity` bytes in the versioned, checksummed, machine-independent checkpoint format;
+/// `*written` receives the size. dst is host memory, whatever the state's device.
+#[no_mangle]
+pub extern "C" fn mlorc_state_save(
+    state: *const MlorcState,
+    dst: *mut c_void,
+    capacity: usize,
+    written: *mut usize,
+) -> MlorcStatus {
+    guard("mlorc_state_save", || {
+        if written.is_null() {
+            return invalid!("written is NULL");
+        }
+        let out = caller_slice_mut(dst as *mut u8, capacity, "dst")?;
+        let size = with_state(state, |s| checkpoint::save(s, out))?;
+        write_out(written, size, "written")
+    })
+}
+
+/// Replaces the state's configuration, step count and buffers with a checkpoint of `size`
+/// bytes at `src` (host memory). Bytes that do not validate give MLORC_ERROR_CORRUPT_CHECKPOINT;
+/// a valid checkpoint of another shape, algorithm, layout, rank or oversampling gives
+/// MLORC_ERROR_INVALID_ARGUMENT. Either way the state is unchanged.
+#[no_mangle]
+pub extern "C" fn mlorc_state_load(state: *mut MlorcState, src: *const c_void, size: usize) -> MlorcStatus {
+    guard("mlorc_state_load", || {
+        let bytes = caller_slice(src as *const u8, size, "src")?;
+        with_state(state, |s| checkpoint::load(s, bytes))
+    })
+}

@@ -1,0 +1,55 @@
+//! The library's error type. Every failure carries a message that says what was wrong and
+//! where; the C layer turns it into a status code plus the thread-local last-error message.
+
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    InvalidArgument(String),
+    Unsupported(String),
+    OutOfMemory(String),
+    CorruptCheckpoint(String),
+    Device(String),
+    DeviceUnavailable(String),
+    Internal(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn message(&self) -> &str {
+        match self {
+            Error::InvalidArgument(m)
+            | Error::Unsupported(m)
+            | Error::OutOfMemory(m)
+            | Error::CorruptCheckpoint(m)
+            | Error::Device(m)
+            | Error::DeviceUnavailable(m)
+            | Error::Internal(m) => m,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// `Err(InvalidArgument)` built with `format!` syntax.
+macro_rules! invalid {
+    ($($arg:tt)*) => { Err($crate::error::Error::InvalidArgument(format!($($arg)*))) };
+}
+pub(crate) use invalid;
+
+/// Allocates a zeroed f32 vector, reporting failure instead of aborting the process.
+pub fn try_zeroed(len: usize, what: &str) -> Result<Vec<f32>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| {
+        Error::OutOfMemory(format!("cannot allocate {len} floats for {what}"))
+    })?;
+    v.resize(len, 0.0);
+    Ok(v)
+}

@@ -1,0 +1,289 @@
+//! One parameter tensor's optimizer state: its plan, its f32 buffers (allocated here or lent
+//! by the caller) and its step count, and the step itself.
+
+use std::ptr::NonNull;
+
+use half::{bf16, f16};
+
+use crate::config::{Config, Device, Dtype, Layout, Plan, TensorDesc, BufferSpec};
+use crate::cpu;
+use crate::error::{invalid, try_zeroed, Error, Result};
+use crate::step::{self, StepIo, StepScalars};
+
+/// Where a buffer's memory comes from.
+enum Storage {
+    Owned(Vec<f32>),
+    /// Caller memory, used in place and never freed; valid while the state lives.
+    Borrowed(NonNull<f32>),
+}
+
+struct Buffer {
+    spec: BufferSpec,
+    storage: Storage,
+}
+
+impl Buffer {
+    fn as_slice(&self) -> &[f32] {
+        match &self.storage {
+            Storage::Owned(v) => v,
+            // SAFETY: the caller of `State::with_buffers` lent spec.len() valid floats.
+            Storage::Borrowed(p) => unsafe { std::slice::from_raw_parts(p.as_ptr(), self.spec.len()) },
+        }
+    }
+    fn as_mut_slice(&mut self) -> &mut [f32] {
+        match &mut self.storage {
+            Storage::Owned(v) => v,
+            // SAFETY: as above, and the state holds the only handle to it during the call.
+            Storage::Borrowed(p) => unsafe { std::slice::from_raw_parts_mut(p.as_ptr(), self.spec.len()) },
+        }
+    }
+}
+
+/// The learning rate of a step: a value, or read from memory of the state's device.
+#[derive(Debug, Clone, Copy)]
+pub enum LearningRate {
+    Value(f64),
+    Pointer(*const f32),
+}
+
+/// A step's inputs as the C API receives them (pointers into the state's memory space).
+#[derive(Debug, Clone, Copy)]
+pub struct StepRequest {
+    pub param: *mut u8,
+    pub grad: *const u8,
+    pub lr: LearningRate,
+    pub grad_scale: *const f32,
+    pub found_inf: *const f32,
+}
+
+/// An element type a parameter or gradient slice can have.
+pub trait Element: Copy {
+    const DTYPE: Dtype;
+}
+impl Element for f32 {
+    const DTYPE: Dtype = Dtype::F32;
+}
+impl Element for f16 {
+    const DTYPE: Dtype = Dtype::F16;
+}
+impl Element for bf16 {
+    const DTYPE: Dtype = Dtype::Bf16;
+}
+
+/// Per-step options of the safe Rust API.
+#[derive(Debug, Clone, Copy)]
+pub struct StepOptions {
+    pub lr: f64,
+    pub grad_scale: Option<f32>,
+    pub found_inf: bool,
+}
+
+impl StepOptions {
+    pub fn lr(lr: f64) -> StepOptions {
+        StepOptions { lr, grad_scale: None, found_inf: false }
+    }
+}
+
+pub struct State {
+    config: Config,
+    desc: TensorDesc,
+    plan: Plan,
+    buffers: Vec<Buffer>,
+    step: u64,
+}
+
+// SAFETY: a State is used by one thread at a time (the C API enforces it); borrowed buffers are
+// plain memory the caller keeps alive.
+unsafe impl Send for State {}
+
+impl State {
+    /// A fresh state with zeroed buffers allocated by the library.
+    pub fn new(config: &Config, desc: &TensorDesc) -> Result<State> {
+        let plan = Self::plan_for(config, desc)?;
+        let buffers = plan
+            .buffers()
+            .into_iter()
+            .map(|spec| Ok(Buffer { spec, storage: Storage::Owned(try_zeroed(spec.len(), spec.name)?) }))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(State { config: *config, desc: *desc, plan, buffers, step: 0 })
+    }
+
+    /// A state over caller buffers, one per `Plan::buffers` entry and in that order. Their
+    /// contents are the state (zeros for a fresh one); they are never freed by the library.
+    ///
+    /// # Safety
+    /// Each pointer must be valid for reads and writes of its buffer's length, suitably aligned,
+    /// not overlap another buffer, and stay valid and untouched by others while the state lives.
+    pub unsafe fn with_buffers(config: &Config, desc: &TensorDesc, pointers: &[*mut f32]) -> Result<State> {
+        let plan = Self::plan_for(config, desc)?;
+        let specs = plan.buffers();
+        if pointers.len() != specs.len() {
+            return invalid!(
+                "{} buffers given, this (config, tensor) needs {} ({})",
+                pointers.len(),
+                specs.len(),
+                specs.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
+            );
+        }
+        let mut buffers = Vec::with_capacity(specs.len());
+        for (spec, &p) in specs.into_iter().zip(pointers) {
+            let Some(p) = NonNull::new(p) else {
+                return invalid!("buffer {} is NULL", spec.name);
+            };
+            if (p.as_ptr() as usize) % std::mem::align_of::<f32>() != 0 {
+                return invalid!("buffer {} is not 4-byte aligned", spec.name);
+            }
+            buffers.push(Buffer { spec, storage: Storage::Borrowed(p) });
+        }
+        Ok(State { config: *config, desc: *desc, plan, buffers, step: 0 })
+    }
+
+    fn plan_for(config: &Config, desc: &TensorDesc) -> Result<Plan> {
+        let plan = Plan::new(config, desc)?;
+        match desc.device {
+            Device::Cpu => Ok(plan),
+            Device::Cuda(_) => Err(Error::Unsupported(
+                "MLORC_DEVICE_CUDA: this build of libmlorc has no CUDA backend yet".into(),
+            )),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    pub fn desc(&self) -> &TensorDesc {
+        &self.desc
+    }
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+    pub fn set_step_count(&mut self, step: u64) {
+        self.step = step;
+    }
+
+    /// Replaces the hyperparameters; fields that fix the buffers' shapes must stay the same.
+    pub fn set_config(&mut self, config: &Config) -> Result<()> {
+        config.validate()?;
+        if !self.config.same_structure(config) {
+            return invalid!(
+                "algorithm, layout, rank and oversampling cannot change once a state exists (create a new state)"
+            );
+        }
+        self.config = *config;
+        Ok(())
+    }
+
+    /// Bytes of optimizer state held (owned or lent): the memory formula of `Plan::state_bytes`.
+    pub fn memory_bytes(&self) -> usize {
+        self.plan.state_bytes()
+    }
+
+    pub fn buffer_specs(&self) -> Vec<BufferSpec> {
+        self.buffers.iter().map(|b| b.spec).collect()
+    }
+
+    fn buffer_index(&self, name: &str) -> Result<usize> {
+        self.buffers.iter().position(|b| b.spec.name == name).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "this state has no buffer named {name:?} (it has: {})",
+                self.buffers.iter().map(|b| b.spec.name).collect::<Vec<_>>().join(", ")
+            ))
+        })
+    }
+
+    pub fn buffer(&self, name: &str) -> Result<&[f32]> {
+        Ok(self.buffers[self.buffer_index(name)?].as_slice())
+    }
+
+    /// Copies `src` into the named buffer; it must have the buffer's length.
+    pub fn write_buffer(&mut self, name: &str, src: &[f32]) -> Result<()> {
+        let idx = self.buffer_index(name)?;
+        let buffer = &mut self.buffers[idx];
+        if src.len() != buffer.spec.len() {
+            return invalid!("buffer {name} holds {} floats, {} given", buffer.spec.len(), src.len());
+        }
+        buffer.as_mut_slice().copy_from_slice(src);
+        Ok(())
+    }
+
+    pub(crate) fn buffers_mut(&mut self) -> Vec<&mut [f32]> {
+        self.buffers.iter_mut().map(|b| b.as_mut_slice()).collect()
+    }
+
+    /// One step on slices (the safe Rust API).
+    pub fn step<P: Element, G: Element>(&mut self, param: &mut [P], grad: &[G], options: &StepOptions) -> Result<()> {
+        let n = self.desc.elements();
+        if param.len() != n || grad.len() != n {
+            return invalid!("param has {} and grad {} elements, the tensor has {n}", param.len(), grad.len());
+        }
+        if P::DTYPE != self.desc.param_dtype || G::DTYPE != self.desc.grad_dtype {
+            return invalid!(
+                "param/grad are {}/{}, the state was created for {}/{}",
+                P::DTYPE.name(),
+                G::DTYPE.name(),
+                self.desc.param_dtype.name(),
+                self.desc.grad_dtype.name()
+            );
+        }
+        let scale = options.grad_scale;
+        let found_inf = if options.found_inf { 1.0f32 } else { 0.0 };
+        let request = StepRequest {
+            param: param.as_mut_ptr() as *mut u8,
+            grad: grad.as_ptr() as *const u8,
+            lr: LearningRate::Value(options.lr),
+            grad_scale: scale.as_ref().map_or(std::ptr::null(), |s| s as *const f32),
+            found_inf: &found_inf,
+        };
+        // SAFETY: the slices have the tensor's length and dtype; the scalars live on the stack.
+        unsafe { self.step_raw(&request) }
+    }
+
+    /// One step on raw memory: ALGORITHM.md, steps 1–5.
+    ///
+    /// # Safety
+    /// `param` and `grad` must point to rows·cols elements of the descriptor's dtypes in the
+    /// state's memory space, not overlapping each other or the state's buffers; the optional
+    /// scalar pointers must be NULL or point to one readable f32.
+    pub unsafe fn step_raw(&mut self, request: &StepRequest) -> Result<()> {
+        if request.param.is_null() || request.grad.is_null() {
+            return invalid!("param and grad must not be NULL");
+        }
+        // SAFETY (CPU): the scalar pointers are host memory per the contract above.
+        if !request.found_inf.is_null() && *request.found_inf != 0.0 {
+            return Ok(());
+        }
+        let lr = match request.lr {
+            LearningRate::Value(v) => v,
+            LearningRate::Pointer(p) if p.is_null() => return invalid!("lr pointer is NULL"),
+            LearningRate::Pointer(p) => *p as f64,
+        };
+        let grad_scale = (!request.grad_scale.is_null()).then(|| *request.grad_scale);
+        let t = self.step.checked_add(1).ok_or_else(|| Error::InvalidArgument("step count overflow".into()))?;
+        let scalars = StepScalars::new(&self.config, t, lr, grad_scale)?;
+        let io = StepIo {
+            param: request.param,
+            param_dtype: self.desc.param_dtype,
+            grad: request.grad,
+            grad_dtype: self.desc.grad_dtype,
+        };
+        let (plan, power_iters, seed) = (self.plan, self.config.power_iters, self.config.seed);
+        let elements = self.desc.elements();
+        let moments = self.buffers_mut();
+        cpu::run(move || match plan.layout {
+            Layout::Dense => {
+                // SAFETY: param/grad hold `elements` values (contract of this function).
+                unsafe { cpu::dense_step(&scalars, &io, elements, moments) };
+                Ok(())
+            }
+            Layout::Factored => {
+                let mut passes = cpu::CpuFactored::new(plan, scalars, io, seed, moments)?;
+                step::run_factored(&mut passes, power_iters)
+            }
+        })?;
+        self.step = t;
+        Ok(())
+    }
+}
