@@ -33,7 +33,7 @@ pub fn save(state: &State, out: &mut [u8]) -> Result<usize> {
     let size = saved_size(state);
     if out.len() < size {
         return Err(Error::InvalidArgument(format!(
-            "checkpoint buffer holds {} bytes, {size} needed (ask mlorc_state_save_size)",
+            "capacity is {} bytes, the checkpoint needs {size} (ask mlorc_state_save_size)",
             out.len()
         )));
     }

@@ -1,6 +1,7 @@
 //! Reading parameters and gradients of any supported dtype as f32, and writing f32 results
 //! back: round-to-nearest-even, or stochastic rounding for f16/bf16.
 
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
 use crate::config::Dtype;
@@ -27,8 +28,9 @@ pub unsafe fn load(src: *const u8, dtype: Dtype, offset: usize, out: &mut [f32],
         }
         Dtype::F16 => {
             let s = std::slice::from_raw_parts((src as *const f16).add(offset), len);
-            for (o, &x) in out.iter_mut().zip(s) {
-                *o = x.to_f32() * scale;
+            s.convert_to_f32_slice(out);
+            if scale != 1.0 {
+                out.iter_mut().for_each(|o| *o *= scale);
             }
         }
         Dtype::Bf16 => {
@@ -61,10 +63,7 @@ pub unsafe fn store(dst: *mut u8, dtype: Dtype, offset: usize, vals: &[f32], rou
             std::slice::from_raw_parts_mut((dst as *mut f32).add(offset), len).copy_from_slice(vals);
         }
         (Dtype::F16, Rounding::NearestEven) => {
-            let d = std::slice::from_raw_parts_mut((dst as *mut f16).add(offset), len);
-            for (o, &x) in d.iter_mut().zip(vals) {
-                *o = f16::from_f32(x);
-            }
+            std::slice::from_raw_parts_mut((dst as *mut f16).add(offset), len).convert_from_f32_slice(vals);
         }
         (Dtype::Bf16, Rounding::NearestEven) => {
             let d = std::slice::from_raw_parts_mut((dst as *mut bf16).add(offset), len);

@@ -119,7 +119,7 @@ impl State {
         let specs = plan.buffers();
         if pointers.len() != specs.len() {
             return invalid!(
-                "{} buffers given, this (config, tensor) needs {} ({})",
+                "count is {}: this (config, tensor) needs {} buffers ({})",
                 pointers.len(),
                 specs.len(),
                 specs.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
@@ -203,7 +203,7 @@ impl State {
         let idx = self.buffer_index(name)?;
         let buffer = &mut self.buffers[idx];
         if src.len() != buffer.spec.len() {
-            return invalid!("buffer {name} holds {} floats, {} given", buffer.spec.len(), src.len());
+            return invalid!("count is {}: buffer {name} holds {} floats", src.len(), buffer.spec.len());
         }
         buffer.as_mut_slice().copy_from_slice(src);
         Ok(())

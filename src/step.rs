@@ -74,20 +74,22 @@ impl StepScalars {
         (beta, 1.0 - beta)
     }
 
-    /// The new weight of one element.
-    /// AdamW: `m`, `v` are M_t, V_t. Lion: `m` is the rebuilt M̃ and `v` the gradient.
+    /// AdamW on eight weights from the new moments M_t, V_t.
     #[inline(always)]
-    pub fn update(&self, w: f32, m: f32, v: f32) -> f32 {
-        let w = w * self.decay;
-        match self.algorithm {
-            Algorithm::AdamW => {
-                let denom = v.sqrt() / self.bias_correction2_sqrt + self.eps;
-                w - self.step_size * (m / denom)
-            }
-            Algorithm::Lion => {
-                let c = self.beta1 * m + (1.0 - self.beta1) * v;
-                w - self.lr * sign(c)
-            }
+    pub fn update_adamw(&self, w: &mut [f32; 8], m: &[f32; 8], v: &[f32; 8]) {
+        for t in 0..8 {
+            let denom = v[t].sqrt() / self.bias_correction2_sqrt + self.eps;
+            w[t] = w[t] * self.decay - self.step_size * (m[t] / denom);
+        }
+    }
+
+    /// Lion on eight weights from the old moment M̃ and the gradient.
+    #[inline(always)]
+    pub fn update_lion(&self, w: &mut [f32; 8], m: &[f32; 8], g: &[f32; 8]) {
+        let (b, omb) = (self.beta1, 1.0 - self.beta1);
+        for t in 0..8 {
+            let c = b * m[t] + omb * g[t];
+            w[t] = w[t] * self.decay - self.lr * sign(c);
         }
     }
 }

@@ -189,7 +189,7 @@ pub extern "C" fn mlorc_state_read_buffer(
         with_state(state, |s| {
             let src = s.buffer(name)?;
             if count != src.len() {
-                return invalid!("buffer {name} holds {} floats, count is {count}", src.len());
+                return invalid!("count is {count}: buffer {name} holds {} floats", src.len());
             }
             caller_slice_mut(dst, count, "dst")?.copy_from_slice(src);
             Ok(())

@@ -6,9 +6,79 @@ use crate::config::Algorithm;
 use crate::dtype;
 use crate::step::{StepIo, StepScalars};
 
+use super::tile::{self, multiversion, F8, LANES, ZERO};
 use super::SharedPtr;
 
 const BLOCK: usize = 4096;
+
+/// AdamW (with `v`) or Lion on whole groups of 8 lanes.
+#[inline(always)]
+fn step_groups(s: &StepScalars, m: &mut [F8], v: Option<&mut [F8]>, g: &[F8], w: &mut [F8]) {
+    let (b1, w1) = s.moment_mix(0);
+    match v {
+        Some(v) => {
+            let (b2, w2) = s.moment_mix(1);
+            for (((m8, v8), g8), w8) in m.iter_mut().zip(v.iter_mut()).zip(g).zip(w.iter_mut()) {
+                for t in 0..LANES {
+                    m8[t] = b1 * m8[t] + w1 * g8[t];
+                    v8[t] = b2 * v8[t] + w2 * (g8[t] * g8[t]);
+                }
+                s.update_adamw(w8, m8, v8);
+            }
+        }
+        None => {
+            for ((m8, g8), w8) in m.iter_mut().zip(g).zip(w.iter_mut()) {
+                s.update_lion(w8, m8, g8);
+                for t in 0..LANES {
+                    m8[t] = b1 * m8[t] + w1 * g8[t];
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// Block `b` of the tensor: `m` (and `v` for AdamW) are the block's moments.
+    fn dense_block(s: &StepScalars, param: SharedPtr<u8>, grad: SharedPtr<u8>, io: &StepIo, b: usize, m: &mut [f32], v: Option<&mut [f32]>) {
+        let offset = b * BLOCK;
+        let n = m.len();
+        let mut g = [0f32; BLOCK];
+        let mut w = [0f32; BLOCK];
+        let (g, w) = (&mut g[..n], &mut w[..n]);
+        // SAFETY: block b covers elements offset..offset+n of both tensors (dense_step's contract).
+        unsafe {
+            dtype::load(grad.get(), io.grad_dtype, offset, g, s.grad_factor);
+            dtype::load(param.get(), io.param_dtype, offset, w, 1.0);
+        }
+        let body = n - n % LANES;
+        let mut v = v;
+        step_groups(
+            s,
+            tile::as_groups_mut(&mut m[..body]),
+            v.as_deref_mut().map(|v| tile::as_groups_mut(&mut v[..body])),
+            tile::as_groups(&g[..body]),
+            tile::as_groups_mut(&mut w[..body]),
+        );
+        if body < n {
+            // The tail of the last block, zero-padded to one group (padding is not stored back).
+            let rest = n - body;
+            let pad = |src: &[f32]| {
+                let mut x = ZERO;
+                x[..rest].copy_from_slice(src);
+                x
+            };
+            let (mut m8, g8, mut w8) = (pad(&m[body..]), pad(&g[body..]), pad(&w[body..]));
+            let mut v8 = v.as_deref().map(|v| pad(&v[body..]));
+            step_groups(s, std::slice::from_mut(&mut m8), v8.as_mut().map(std::slice::from_mut), &[g8], std::slice::from_mut(&mut w8));
+            m[body..].copy_from_slice(&m8[..rest]);
+            if let (Some(v), Some(v8)) = (v.as_deref_mut(), v8) {
+                v[body..].copy_from_slice(&v8[..rest]);
+            }
+            w[body..].copy_from_slice(&w8[..rest]);
+        }
+        unsafe { dtype::store(param.get(), io.param_dtype, offset, w, s.rounding) };
+    }
+}
 
 /// One dense step over `len` elements; `moments` are exp_avg (and exp_avg_sq for AdamW).
 ///
@@ -17,48 +87,17 @@ const BLOCK: usize = 4096;
 pub unsafe fn dense_step(scalars: &StepScalars, io: &StepIo, len: usize, mut moments: Vec<&mut [f32]>) {
     let param = SharedPtr(io.param);
     let grad = SharedPtr(io.grad as *mut u8);
-    let (pd, gd) = (io.param_dtype, io.grad_dtype);
-    let s = *scalars;
-    let block = move |b: usize, m: &mut [f32], v: Option<&mut [f32]>| {
-        let offset = b * BLOCK;
-        let n = m.len();
-        let mut g = [0f32; BLOCK];
-        let mut w = [0f32; BLOCK];
-        let (g, w) = (&mut g[..n], &mut w[..n]);
-        // SAFETY: block b covers elements offset..offset+n < len of both tensors.
-        unsafe {
-            dtype::load(grad.get(), gd, offset, g, s.grad_factor);
-            dtype::load(param.get(), pd, offset, w, 1.0);
-        }
-        let (b1, w1) = s.moment_mix(0);
-        match (s.algorithm, v) {
-            (Algorithm::AdamW, Some(v)) => {
-                let (b2, w2) = s.moment_mix(1);
-                for j in 0..n {
-                    m[j] = b1 * m[j] + w1 * g[j];
-                    v[j] = b2 * v[j] + w2 * (g[j] * g[j]);
-                    w[j] = s.update(w[j], m[j], v[j]);
-                }
-            }
-            _ => {
-                for j in 0..n {
-                    w[j] = s.update(w[j], m[j], g[j]);
-                    m[j] = b1 * m[j] + w1 * g[j];
-                }
-            }
-        }
-        unsafe { dtype::store(param.get(), pd, offset, w, s.rounding) };
-    };
     debug_assert!(moments.iter().all(|m| m.len() == len));
+    debug_assert_eq!(moments.len() == 2, scalars.algorithm == Algorithm::AdamW);
     if moments.len() == 2 {
         let v = moments.pop().unwrap();
         let m = moments.pop().unwrap();
         m.par_chunks_mut(BLOCK)
             .zip(v.par_chunks_mut(BLOCK))
             .enumerate()
-            .for_each(|(b, (m, v))| block(b, m, Some(v)));
+            .for_each(|(b, (m, v))| dense_block(scalars, param, grad, io, b, m, Some(v)));
     } else {
         let m = moments.pop().unwrap();
-        m.par_chunks_mut(BLOCK).enumerate().for_each(|(b, m)| block(b, m, None));
+        m.par_chunks_mut(BLOCK).enumerate().for_each(|(b, m)| dense_block(scalars, param, grad, io, b, m, None));
     }
 }

@@ -4,14 +4,14 @@
 
 use rayon::prelude::*;
 
-use crate::config::{Algorithm, Plan};
+use crate::config::{Algorithm, Dtype, Plan};
 use crate::dtype;
-use crate::error::{try_zeroed, Result};
+use crate::error::{try_zeroed, Error, Result};
 use crate::linalg;
 use crate::rng::{self, Stream};
 use crate::step::{FactoredPasses, SketchInput, StepIo, StepScalars};
 
-use super::tile::{self, ChunkSource, MomentTerms, Scratch, CHUNK, LANES};
+use super::tile::{self, multiversion, MomentTerms, CHUNK, F8, GROUPS, LANES};
 use super::SharedPtr;
 
 /// Rows per task of the row-parallel passes.
@@ -22,8 +22,8 @@ struct MomentWork<'a> {
     u: &'a mut [f32],
     s: &'a mut [f32],
     v: &'a mut [f32],
-    /// Sketch input Xᵀ (Ω or a power-iteration basis): k × stride.
-    xt: Vec<f32>,
+    /// Sketch input X (Ω or a power-iteration basis), group-major: groups × k.
+    xg: Vec<F8>,
     /// Sketch Y, then Q = orth(Y): m × k.
     y: Vec<f32>,
     /// Projection Bᵀ = AᵀQ: n × k.
@@ -36,7 +36,6 @@ pub struct CpuFactored<'a> {
     scalars: StepScalars,
     io: StepIo,
     seed: u64,
-    stride: usize,
     terms: Vec<MomentTerms>,
     work: Vec<MomentWork<'a>>,
 }
@@ -51,7 +50,7 @@ impl<'a> CpuFactored<'a> {
         factors: Vec<&'a mut [f32]>,
     ) -> Result<CpuFactored<'a>> {
         let (m, n, r, k) = (plan.rows, plan.cols, plan.rank, plan.sketch);
-        let stride = tile::round_up_lanes(n);
+        let groups = tile::groups(n);
         let mut terms = Vec::with_capacity(plan.moments());
         let mut work = Vec::with_capacity(plan.moments());
         let mut parts = factors.into_iter();
@@ -65,35 +64,35 @@ impl<'a> CpuFactored<'a> {
                     dst[l] = src[l] * s[l];
                 }
             }
-            let mut vt = try_zeroed(r * stride, "Vᵀ workspace")?;
+            let mut vg = try_zeroed_groups(groups * r, "V workspace")?;
             for (j, row) in v.chunks_exact(r).enumerate() {
                 for l in 0..r {
-                    vt[l * stride + j] = row[l];
+                    *tile::group_major(&mut vg, r, j, l) = row[l];
                 }
             }
             let (beta, weight) = scalars.moment_mix(moment);
             let squared = plan.algorithm == Algorithm::AdamW && moment == 1;
-            terms.push(MomentTerms { us, vt, fill: None, beta, weight, squared });
+            terms.push(MomentTerms { us, vg, fill: None, beta, weight, squared });
             work.push(MomentWork {
                 u,
                 s,
                 v,
-                xt: try_zeroed(k * stride, "sketch input workspace")?,
+                xg: try_zeroed_groups(groups * k, "sketch input workspace")?,
                 y: try_zeroed(m * k, "sketch workspace")?,
                 bt: try_zeroed(n * k, "projection workspace")?,
             });
         }
         if plan.algorithm == Algorithm::AdamW {
-            terms[1].fill = Some(negative_fill(&terms[1], m, r, stride, n));
+            terms[1].fill = Some(negative_fill(&terms[1], m, r, groups));
         }
-        Ok(CpuFactored { plan, scalars, io, seed, stride, terms, work })
+        Ok(CpuFactored { plan, scalars, io, seed, terms, work })
     }
 
-    fn source(&self) -> ChunkSource<'_> {
-        ChunkSource {
+    fn source(&self) -> Source<'_> {
+        Source {
             moments: &self.terms,
             rank: self.plan.rank,
-            stride: self.stride,
+            k: self.plan.sketch,
             cols: self.plan.cols,
             grad: SharedPtr(self.io.grad as *mut u8),
             grad_dtype: self.io.grad_dtype,
@@ -104,22 +103,23 @@ impl<'a> CpuFactored<'a> {
 
 impl FactoredPasses for CpuFactored<'_> {
     fn sketch(&mut self, input: SketchInput) -> Result<()> {
-        let (m, n, k, stride) = (self.plan.rows, self.plan.cols, self.plan.sketch, self.stride);
+        let (m, n, k) = (self.plan.rows, self.plan.cols, self.plan.sketch);
+        let mut omega = Vec::new();
         for (moment, w) in self.work.iter_mut().enumerate() {
             match input {
-                SketchInput::Random => rng::fill_omega_transposed(
-                    self.seed,
-                    self.scalars.step,
-                    Stream::sketch(moment),
-                    n,
-                    k,
-                    stride,
-                    &mut w.xt,
-                ),
+                SketchInput::Random => {
+                    omega.resize(k * n, 0.0);
+                    rng::fill_omega_transposed(self.seed, self.scalars.step, Stream::sketch(moment), n, k, n, &mut omega);
+                    for l in 0..k {
+                        for j in 0..n {
+                            *tile::group_major(&mut w.xg, k, j, l) = omega[l * n + j];
+                        }
+                    }
+                }
                 SketchInput::Projection => {
                     for (j, row) in w.bt.chunks_exact(k).enumerate() {
                         for l in 0..k {
-                            w.xt[l * stride + j] = row[l];
+                            *tile::group_major(&mut w.xg, k, j, l) = row[l];
                         }
                     }
                 }
@@ -127,35 +127,10 @@ impl FactoredPasses for CpuFactored<'_> {
         }
         let source = self.source();
         let moments = self.terms.len();
-        let xts: Vec<&[f32]> = self.work.iter().map(|w| w.xt.as_slice()).collect();
+        let xgs: Vec<&[F8]> = self.work.iter().map(|w| w.xg.as_slice()).collect();
         let blocks: Vec<Vec<f32>> = (0..m.div_ceil(ROW_BLOCK))
             .into_par_iter()
-            .map(|b| {
-                let rows = b * ROW_BLOCK..((b + 1) * ROW_BLOCK).min(m);
-                let mut out = vec![0f32; rows.len() * moments * k];
-                let mut scratch = Scratch::new();
-                let mut acc = vec![[0f32; LANES]; moments * k];
-                for (ri, i) in rows.enumerate() {
-                    acc.fill([0.0; LANES]);
-                    for col0 in (0..n).step_by(CHUNK) {
-                        let len = CHUNK.min(n - col0);
-                        let padded = tile::round_up_lanes(len);
-                        // SAFETY: row i, columns col0..col0+len lie inside the m×n gradient.
-                        unsafe { tile::fill_chunk(&source, i, col0, len, &mut scratch) };
-                        for (mo, xt) in xts.iter().enumerate() {
-                            let a = &scratch.moment[mo][..padded];
-                            for l in 0..k {
-                                let x = &xt[l * stride + col0..l * stride + col0 + padded];
-                                tile::dot_lanes(a, x, &mut acc[mo * k + l]);
-                            }
-                        }
-                    }
-                    for (dst, lanes) in out[ri * moments * k..(ri + 1) * moments * k].iter_mut().zip(&acc) {
-                        *dst = tile::sum_lanes(lanes);
-                    }
-                }
-                out
-            })
+            .map(|b| sketch_rows(&source, &xgs, b * ROW_BLOCK..((b + 1) * ROW_BLOCK).min(m)))
             .collect();
         for (b, out) in blocks.iter().enumerate() {
             for (ri, row) in out.chunks_exact(moments * k).enumerate() {
@@ -175,67 +150,27 @@ impl FactoredPasses for CpuFactored<'_> {
     }
 
     fn project(&mut self, update_weights: bool) -> Result<()> {
-        let (m, n, k) = (self.plan.rows, self.plan.cols, self.plan.sketch);
+        let (n, k) = (self.plan.cols, self.plan.sketch);
         let source = self.source();
-        let moments = self.terms.len();
         let qs: Vec<&[f32]> = self.work.iter().map(|w| w.y.as_slice()).collect();
-        let scalars = self.scalars;
-        let param = SharedPtr(self.io.param);
-        let param_dtype = self.io.param_dtype;
-        let tiles: Vec<Vec<f32>> = (0..n.div_ceil(CHUNK))
+        let update = update_weights.then_some((SharedPtr(self.io.param), self.io.param_dtype, self.scalars));
+        // Each column's sums run over the rows in order, so the tile width (chosen for the
+        // pool's size: long contiguous row segments, enough tiles for every thread) never
+        // changes the result.
+        let width = tile_width(n, rayon::current_num_threads());
+        let tiles: Vec<Vec<F8>> = (0..n.div_ceil(width))
             .into_par_iter()
-            .map(|t| {
-                let col0 = t * CHUNK;
-                let len = CHUNK.min(n - col0);
-                let mut acc = vec![0f32; moments * k * CHUNK];
-                let mut scratch = Scratch::new();
-                let mut weights = [0f32; CHUNK];
-                for i in 0..m {
-                    // SAFETY: row i, columns col0..col0+len lie inside the m×n gradient.
-                    unsafe { tile::fill_chunk(&source, i, col0, len, &mut scratch) };
-                    for (mo, q) in qs.iter().enumerate() {
-                        let a = &scratch.moment[mo][..len];
-                        for l in 0..k {
-                            let ql = q[i * k + l];
-                            let dst = &mut acc[(mo * k + l) * CHUNK..(mo * k + l) * CHUNK + len];
-                            for (d, &x) in dst.iter_mut().zip(a) {
-                                *d += ql * x;
-                            }
-                        }
-                    }
-                    if update_weights {
-                        let w = &mut weights[..len];
-                        let offset = i * n + col0;
-                        // SAFETY: the same range of the m×n parameter; tiles own disjoint columns.
-                        unsafe { dtype::load(param.get(), param_dtype, offset, w, 1.0) };
-                        match scalars.algorithm {
-                            Algorithm::AdamW => {
-                                let (mt, vt) = (&scratch.moment[0][..len], &scratch.moment[1][..len]);
-                                for ((w, &mv), &vv) in w.iter_mut().zip(mt).zip(vt) {
-                                    *w = scalars.update(*w, mv, vv);
-                                }
-                            }
-                            Algorithm::Lion => {
-                                let (old, g) = (&scratch.rebuilt[0][..len], &scratch.grad[..len]);
-                                for ((w, &mv), &gv) in w.iter_mut().zip(old).zip(g) {
-                                    *w = scalars.update(*w, mv, gv);
-                                }
-                            }
-                        }
-                        unsafe { dtype::store(param.get(), param_dtype, offset, w, scalars.rounding) };
-                    }
-                }
-                acc
-            })
+            .map(|t| project_tile(&source, &qs, t * width, width.min(n - t * width), update))
             .collect();
         for (t, acc) in tiles.iter().enumerate() {
-            let col0 = t * CHUNK;
-            let len = CHUNK.min(n - col0);
+            let col0 = t * width;
+            let len = width.min(n - col0);
+            let tile_groups = tile::groups(len);
             for (mo, w) in self.work.iter_mut().enumerate() {
                 for l in 0..k {
-                    let src = &acc[(mo * k + l) * CHUNK..(mo * k + l) * CHUNK + len];
-                    for (j, &x) in src.iter().enumerate() {
-                        w.bt[(col0 + j) * k + l] = x;
+                    let src = &acc[(mo * k + l) * tile_groups..(mo * k + l + 1) * tile_groups];
+                    for j in 0..len {
+                        w.bt[(col0 + j) * k + l] = src[j / LANES][j % LANES];
                     }
                 }
             }
@@ -258,36 +193,158 @@ impl FactoredPasses for CpuFactored<'_> {
     }
 }
 
+/// What every task of a pass reads.
+struct Source<'a> {
+    moments: &'a [MomentTerms],
+    rank: usize,
+    k: usize,
+    cols: usize,
+    grad: SharedPtr<u8>,
+    grad_dtype: Dtype,
+    grad_factor: f32,
+}
+
+impl Source<'_> {
+    /// Row `row`, columns `col0 .. col0 + len` of the gradient into `out`, zero-padded to whole
+    /// groups; returns those groups.
+    fn load_grad<'b>(&self, row: usize, col0: usize, len: usize, out: &'b mut [f32; CHUNK]) -> &'b [F8] {
+        // SAFETY: the range lies inside the rows × cols gradient (contract of the step).
+        unsafe { dtype::load(self.grad.get(), self.grad_dtype, row * self.cols + col0, &mut out[..len], self.grad_factor) };
+        let padded = tile::groups(len) * LANES;
+        out[len..padded].fill(0.0);
+        tile::as_groups(&out[..padded])
+    }
+}
+
+multiversion! {
+    /// Y rows of a block of rows, all moments: [row][moment][l].
+    fn sketch_rows(source: &Source, xgs: &[&[F8]], rows: std::ops::Range<usize>) -> Vec<f32> {
+        macro_rules! fixed_width {
+            ($($k:literal)*) => {
+                match source.k {
+                    $($k => sketch_rows_fixed::<$k>(source, xgs, rows),)*
+                    _ => sketch_rows_dyn(source, xgs, rows),
+                }
+            };
+        }
+        fixed_width!(1 2 3 4 5 6 7 8)
+    }
+}
+
+/// `sketch_rows` for a sketch width known at compile time: accumulators stay in registers.
+#[inline(always)]
+fn sketch_rows_fixed<const K: usize>(source: &Source, xgs: &[&[F8]], rows: std::ops::Range<usize>) -> Vec<f32> {
+    let n = source.cols;
+    let moments = source.moments.len();
+    let mut out = vec![0f32; rows.len() * moments * K];
+    let mut grad = [0f32; CHUNK];
+    for (ri, i) in rows.enumerate() {
+        let mut acc = [[tile::ZERO; K]; 2];
+        for col0 in (0..n).step_by(CHUNK) {
+            let g = source.load_grad(i, col0, CHUNK.min(n - col0), &mut grad);
+            tile::sketch_chunk::<K>(source.moments, xgs, source.rank, i, col0 / LANES, g, &mut acc);
+        }
+        let dst = &mut out[ri * moments * K..(ri + 1) * moments * K];
+        for mo in 0..moments {
+            for l in 0..K {
+                dst[mo * K + l] = tile::sum_lanes(&acc[mo][l]);
+            }
+        }
+    }
+    out
+}
+
+#[inline(always)]
+fn sketch_rows_dyn(source: &Source, xgs: &[&[F8]], rows: std::ops::Range<usize>) -> Vec<f32> {
+    let (k, n) = (source.k, source.cols);
+    let moments = source.moments.len();
+    let mut out = vec![0f32; rows.len() * moments * k];
+    let mut grad = [0f32; CHUNK];
+    let mut acc = vec![tile::ZERO; moments * k];
+    for (ri, i) in rows.enumerate() {
+        acc.fill(tile::ZERO);
+        for col0 in (0..n).step_by(CHUNK) {
+            let g = source.load_grad(i, col0, CHUNK.min(n - col0), &mut grad);
+            tile::sketch_chunk_dyn(source.moments, xgs, source.rank, k, i, col0 / LANES, g, &mut acc);
+        }
+        for (dst, lanes) in out[ri * moments * k..(ri + 1) * moments * k].iter_mut().zip(&acc) {
+            *dst = tile::sum_lanes(lanes);
+        }
+    }
+    out
+}
+
+/// Columns per tile of the projection pass: a multiple of CHUNK, at most 2048 (its
+/// accumulators stay in L1/L2), small enough to give each thread a few tiles.
+fn tile_width(cols: usize, threads: usize) -> usize {
+    let per_thread = cols.div_ceil(2 * threads.max(1));
+    (per_thread.div_ceil(CHUNK) * CHUNK).clamp(CHUNK, 8 * CHUNK)
+}
+
+multiversion! {
+    /// Bᵀ of the column tile `col0 .. col0 + width`, all moments: [moment][l][group], and the
+    /// weight update of the tile's columns when `update` is given.
+    fn project_tile(
+        source: &Source,
+        qs: &[&[f32]],
+        col0: usize,
+        width: usize,
+        update: Option<(SharedPtr<u8>, Dtype, StepScalars)>,
+    ) -> Vec<F8> {
+        let (m, n, k) = (qs[0].len() / source.k, source.cols, source.k);
+        let tile_groups = tile::groups(width);
+        let mut acc = vec![tile::ZERO; source.moments.len() * k * tile_groups];
+        let mut grad = [0f32; CHUNK];
+        let mut weights = [0f32; CHUNK];
+        for i in 0..m {
+            for chunk0 in (col0..col0 + width).step_by(CHUNK) {
+                let len = CHUNK.min(col0 + width - chunk0);
+                let (group0, gi0) = (chunk0 / LANES, (chunk0 - col0) / LANES);
+                let g = source.load_grad(i, chunk0, len, &mut grad);
+                let bacc = &mut acc[gi0..];
+                match update {
+                    None => tile::project_chunk(source.moments, qs, source.rank, k, i, group0, g, bacc, tile_groups, None),
+                    Some((param, dtype, scalars)) => {
+                        let offset = i * n + chunk0;
+                        let padded = g.len() * LANES;
+                        // SAFETY: the same range of the rows × cols parameter; tiles own disjoint columns.
+                        unsafe { dtype::load(param.get(), dtype, offset, &mut weights[..len], 1.0) };
+                        weights[len..padded].fill(0.0);
+                        let w = Some((&scalars, tile::as_groups_mut(&mut weights[..padded])));
+                        tile::project_chunk(source.moments, qs, source.rank, k, i, group0, g, bacc, tile_groups, w);
+                        unsafe { dtype::store(param.get(), dtype, offset, &weights[..len], scalars.rounding) };
+                    }
+                }
+            }
+        }
+        acc
+    }
+}
+
+multiversion! {
+    /// Sum of |x| and count of the negative entries of U·diag(S)·Vᵀ over a block of rows.
+    fn negatives_rows(terms: &MomentTerms, rank: usize, groups: usize, rows: std::ops::Range<usize>) -> (f64, u64) {
+        let (mut sum, mut count) = (0f64, 0u64);
+        for i in rows {
+            for group0 in (0..groups).step_by(GROUPS) {
+                let (s, c) = tile::negatives_chunk(terms, rank, i, group0..(group0 + GROUPS).min(groups));
+                sum += s as f64;
+                count += c as u64;
+            }
+        }
+        (sum, count)
+    }
+}
+
 /// c of ALGORITHM.md step 2: the mean of |x| over the negative entries x of U·diag(S)·Vᵀ, by
 /// a compute-only sweep over the factors (0 when there are none).
-fn negative_fill(terms: &MomentTerms, m: usize, r: usize, stride: usize, n: usize) -> f32 {
+fn negative_fill(terms: &MomentTerms, m: usize, r: usize, groups: usize) -> f32 {
     if terms.us.iter().all(|&x| x == 0.0) {
         return 0.0;
     }
     let partial: Vec<(f64, u64)> = (0..m.div_ceil(ROW_BLOCK))
         .into_par_iter()
-        .map(|b| {
-            let mut row_buf = [0f32; CHUNK];
-            let (mut sum, mut count) = (0f64, 0u64);
-            for i in b * ROW_BLOCK..((b + 1) * ROW_BLOCK).min(m) {
-                for col0 in (0..n).step_by(CHUNK) {
-                    let out = &mut row_buf[..CHUNK.min(n - col0)];
-                    tile::rebuild_row(terms, r, stride, i, col0, out);
-                    let mut lanes = [0f32; LANES];
-                    let mut negatives = [0u32; LANES];
-                    for chunk in out.chunks(LANES) {
-                        for (t, &x) in chunk.iter().enumerate() {
-                            let negative = x < 0.0;
-                            lanes[t] += if negative { -x } else { 0.0 };
-                            negatives[t] += negative as u32;
-                        }
-                    }
-                    sum += tile::sum_lanes(&lanes) as f64;
-                    count += negatives.iter().map(|&c| c as u64).sum::<u64>();
-                }
-            }
-            (sum, count)
-        })
+        .map(|b| negatives_rows(terms, r, groups, b * ROW_BLOCK..((b + 1) * ROW_BLOCK).min(m)))
         .collect();
     let (sum, count) = partial.iter().fold((0f64, 0u64), |(s, c), &(ps, pc)| (s + ps, c + pc));
     if count == 0 {
@@ -295,4 +352,11 @@ fn negative_fill(terms: &MomentTerms, m: usize, r: usize, stride: usize, n: usiz
     } else {
         (sum / count as f64) as f32
     }
+}
+
+fn try_zeroed_groups(len: usize, what: &str) -> Result<Vec<F8>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| Error::OutOfMemory(format!("cannot allocate {len} vectors for {what}")))?;
+    v.resize(len, tile::ZERO);
+    Ok(v)
 }

@@ -1,0 +1,103 @@
+# Build, install and test libmlorc. `make help` lists the targets.
+#
+#   make install PREFIX=/opt/mlorc   # default PREFIX: $(CURDIR)/build/prefix
+#   make test                        # test-rust ctest memcheck test-python
+#
+# MLORC_NUM_THREADS is passed through untouched (the library reads it).
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+CARGO    ?= cargo
+CBINDGEN ?= cbindgen
+CMAKE    ?= cmake
+CTEST    ?= ctest
+PYTHON   ?= python3
+VALGRIND ?= valgrind
+
+PREFIX       ?= $(CURDIR)/build/prefix
+# ctest, memcheck and demo-c always test the package installed here.
+TEST_PREFIX  := $(CURDIR)/build/prefix
+CTEST_BUILD  := $(CURDIR)/build/ctests
+DEMO_BUILD   := $(CURDIR)/build/examples-c
+CMAKE_BUILD_TYPE ?= RelWithDebInfo
+JOBS         ?= $(shell nproc 2>/dev/null || echo 2)
+
+VALGRIND_FLAGS := --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
+                  --show-leak-kinds=definite --track-origins=yes
+
+.PHONY: help build header install install-test-prefix ctest-build ctest memcheck test-rust test-python \
+        test demo-c demo bench clean
+
+help:
+	@echo "targets: build header install ctest memcheck test-rust test-python test demo-c demo bench clean"
+	@echo "PREFIX=$(PREFIX)"
+
+build:
+	$(CARGO) build --release
+
+header:
+	$(CBINDGEN) --config cbindgen.toml --crate mlorc --output include/mlorc.h
+
+install: build
+	scripts/install.sh "$(PREFIX)"
+
+# The tests and the demo consume the package installed into build/prefix, whatever PREFIX is.
+install-test-prefix: build
+	scripts/install.sh "$(TEST_PREFIX)"
+
+ctest-build: install-test-prefix
+	$(CMAKE) -S ctests -B "$(CTEST_BUILD)" -DCMAKE_PREFIX_PATH="$(TEST_PREFIX)" \
+	    -DCMAKE_BUILD_TYPE=$(CMAKE_BUILD_TYPE)
+	$(CMAKE) --build "$(CTEST_BUILD)" -j $(JOBS)
+
+ctest: ctest-build
+	cd "$(CTEST_BUILD)" && $(CTEST) --output-on-failure -j $(JOBS)
+
+# Every C test linked to the shared library, under valgrind. A failure of any one fails the target.
+# No suppressions: the rayon pool threads of the library live until exit and show up as
+# "possibly lost"/"still reachable", which --errors-for-leak-kinds=definite does not count.
+memcheck: ctest-build
+	@command -v $(VALGRIND) >/dev/null || { echo "memcheck: valgrind is not installed" >&2; exit 1; }
+	@failed=0; ran=0; \
+	for exe in "$(CTEST_BUILD)"/*_shared; do \
+	    [ -x "$$exe" ] || continue; \
+	    ran=$$((ran + 1)); \
+	    echo "== memcheck $$(basename "$$exe")"; \
+	    if ! $(VALGRIND) $(VALGRIND_FLAGS) --log-file="$$exe.valgrind.log" "$$exe" > "$$exe.memcheck.out" 2>&1; then \
+	        failed=$$((failed + 1)); \
+	        echo "FAILED: $$(basename "$$exe")"; cat "$$exe.memcheck.out" "$$exe.valgrind.log"; \
+	    else \
+	        grep -E "ERROR SUMMARY|definitely lost" "$$exe.valgrind.log" | sed 's/^==[0-9]*== /   /'; \
+	    fi; \
+	done; \
+	echo "memcheck: $$ran executables, $$failed failed"; \
+	[ $$ran -gt 0 ] && [ $$failed -eq 0 ]
+
+test-rust:
+	$(CARGO) test --release
+
+test-python:
+	@if [ -d bindings/python/tests ]; then \
+	    $(PYTHON) -m pytest -q bindings/python/tests; \
+	else \
+	    echo "test-python: bindings/python/tests does not exist yet; skipped"; \
+	fi
+
+test: test-rust ctest memcheck test-python
+
+demo-c: install-test-prefix
+	$(CMAKE) -S examples/c -B "$(DEMO_BUILD)" -DCMAKE_PREFIX_PATH="$(TEST_PREFIX)" \
+	    -DCMAKE_BUILD_TYPE=Release
+	$(CMAKE) --build "$(DEMO_BUILD)" -j $(JOBS)
+	"$(DEMO_BUILD)/train_demo"
+
+demo: demo-c
+
+# Placeholder: benches/cpu_step.rs is written by the lead.
+bench:
+	$(CARGO) bench --bench cpu_step
+
+clean:
+	$(CARGO) clean
+	rm -rf build

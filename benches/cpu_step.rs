@@ -1,0 +1,67 @@
+//! CPU step time of MLorc-AdamW (r = 4) against this library's DENSE AdamW on the same matrix,
+//! in the same run, with the state bytes of each. Not a test: run `make bench`.
+//!
+//! Options (environment): MLORC_BENCH_SHAPES="1024x1024,4096x4096,4096x11008",
+//! MLORC_BENCH_REPS (timed steps per case, default 7), MLORC_NUM_THREADS.
+
+use std::time::Instant;
+
+use mlorc::{Algorithm, Config, Device, Dtype, LayoutRequest, State, StepOptions, TensorDesc};
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn time_steps(config: &Config, m: usize, n: usize, reps: usize) -> (f64, usize) {
+    let desc = TensorDesc { rows: m, cols: n, param_dtype: Dtype::F32, grad_dtype: Dtype::F32, device: Device::Cpu };
+    let mut state = State::new(config, &desc).unwrap();
+    let mut w: Vec<f32> = (0..m * n).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect();
+    let g: Vec<f32> = (0..m * n).map(|i| ((i * 104729) % 2001) as f32 * 1e-4 - 0.1).collect();
+    let opts = StepOptions::lr(1e-4);
+    mlorc::run_on_pool(|| {
+        for _ in 0..2 {
+            state.step(&mut w, &g, &opts).unwrap(); // warm-up: page faults, pool start
+        }
+        let times = (0..reps)
+            .map(|_| {
+                let t = Instant::now();
+                state.step(&mut w, &g, &opts).unwrap();
+                t.elapsed().as_secs_f64()
+            })
+            .collect();
+        (median(times), state.memory_bytes())
+    })
+}
+
+fn main() {
+    let shapes = std::env::var("MLORC_BENCH_SHAPES").unwrap_or_else(|_| "1024x1024,4096x4096,4096x11008".into());
+    let reps: usize = std::env::var("MLORC_BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(7);
+    let threads = mlorc::run_on_pool(rayon::current_num_threads);
+    println!("CPU step, f32 param and grad, {threads} threads, median of {reps} steps after 2 warm-up steps");
+    println!(
+        "| shape | dense AdamW ms | MLorc q=0 ms | ratio | MLorc q=1 ms | ratio | dense state MB | MLorc state MB | state ratio |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for shape in shapes.split(',') {
+        let (m, n) = shape.split_once('x').expect("shape as MxN");
+        let (m, n): (usize, usize) = (m.trim().parse().unwrap(), n.trim().parse().unwrap());
+        let dense = Config { layout: LayoutRequest::Dense, ..Config::defaults(Algorithm::AdamW) };
+        let q0 = Config { layout: LayoutRequest::Factored, ..Config::defaults(Algorithm::AdamW) };
+        let q1 = Config { power_iters: 1, ..q0 };
+        let (td, bd) = time_steps(&dense, m, n, reps);
+        let (t0, b0) = time_steps(&q0, m, n, reps);
+        let (t1, _) = time_steps(&q1, m, n, reps);
+        println!(
+            "| {m}x{n} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.3} | {:.3}% |",
+            td * 1e3,
+            t0 * 1e3,
+            t0 / td,
+            t1 * 1e3,
+            t1 / td,
+            bd as f64 / 1e6,
+            b0 as f64 / 1e6,
+            100.0 * b0 as f64 / bd as f64
+        );
+    }
+}
