@@ -281,6 +281,9 @@ fn tile_width(cols: usize, threads: usize) -> usize {
     (per_thread.div_ceil(CHUNK) * CHUNK).clamp(CHUNK, 8 * CHUNK)
 }
 
+/// Rows the projection pass handles together.
+const PROJECT_ROWS: usize = 4;
+
 multiversion! {
     /// Bᵀ of the column tile `col0 .. col0 + width`, all moments: [moment][l][group], and the
     /// weight update of the tile's columns when `update` is given.
@@ -291,33 +294,76 @@ multiversion! {
         width: usize,
         update: Option<(SharedPtr<u8>, Dtype, StepScalars)>,
     ) -> Vec<F8> {
-        let (m, n, k) = (qs[0].len() / source.k, source.cols, source.k);
-        let tile_groups = tile::groups(width);
-        let mut acc = vec![tile::ZERO; source.moments.len() * k * tile_groups];
-        let mut grad = [0f32; CHUNK];
-        let mut weights = [0f32; CHUNK];
-        for i in 0..m {
-            for chunk0 in (col0..col0 + width).step_by(CHUNK) {
-                let len = CHUNK.min(col0 + width - chunk0);
-                let (group0, gi0) = (chunk0 / LANES, (chunk0 - col0) / LANES);
-                let g = source.load_grad(i, chunk0, len, &mut grad);
-                let bacc = &mut acc[gi0..];
-                match update {
-                    None => tile::project_chunk(source.moments, qs, source.rank, k, i, group0, g, bacc, tile_groups, None),
-                    Some((param, dtype, scalars)) => {
-                        let offset = i * n + chunk0;
-                        let padded = g.len() * LANES;
-                        // SAFETY: the same range of the rows × cols parameter; tiles own disjoint columns.
-                        unsafe { dtype::load(param.get(), dtype, offset, &mut weights[..len], 1.0) };
-                        weights[len..padded].fill(0.0);
-                        let w = Some((&scalars, tile::as_groups_mut(&mut weights[..padded])));
-                        tile::project_chunk(source.moments, qs, source.rank, k, i, group0, g, bacc, tile_groups, w);
-                        unsafe { dtype::store(param.get(), dtype, offset, &weights[..len], scalars.rounding) };
-                    }
+        let m = qs[0].len() / source.k;
+        let mut acc = vec![tile::ZERO; source.moments.len() * source.k * tile::groups(width)];
+        let mut scratch = RowScratch::<PROJECT_ROWS>::new();
+        let full = m - m % PROJECT_ROWS;
+        for row0 in (0..full).step_by(PROJECT_ROWS) {
+            project_block::<PROJECT_ROWS>(source, qs, col0, width, update, row0, &mut acc, &mut scratch);
+        }
+        let mut single = RowScratch::<1>::new();
+        for row in full..m {
+            project_block::<1>(source, qs, col0, width, update, row, &mut acc, &mut single);
+        }
+        acc
+    }
+}
+
+/// Gradient and weight rows of one block of `R` rows, one chunk wide.
+struct RowScratch<const R: usize> {
+    grads: [[f32; CHUNK]; R],
+    weights: [[f32; CHUNK]; R],
+}
+
+impl<const R: usize> RowScratch<R> {
+    fn new() -> Box<Self> {
+        Box::new(RowScratch { grads: [[0.0; CHUNK]; R], weights: [[0.0; CHUNK]; R] })
+    }
+}
+
+/// Rows `row0 .. row0 + R` of a column tile: projection, and the update when given.
+#[inline(always)]
+fn project_block<const R: usize>(
+    source: &Source,
+    qs: &[&[f32]],
+    col0: usize,
+    width: usize,
+    update: Option<(SharedPtr<u8>, Dtype, StepScalars)>,
+    row0: usize,
+    acc: &mut [F8],
+    scratch: &mut RowScratch<R>,
+) {
+    let (n, k) = (source.cols, source.k);
+    let tile_groups = tile::groups(width);
+    for chunk0 in (col0..col0 + width).step_by(CHUNK) {
+        let len = CHUNK.min(col0 + width - chunk0);
+        let padded = tile::groups(len) * LANES;
+        let (group0, gi0) = (chunk0 / LANES, (chunk0 - col0) / LANES);
+        let RowScratch { grads, weights } = scratch;
+        for (r, g) in grads.iter_mut().enumerate() {
+            source.load_grad(row0 + r, chunk0, len, g);
+        }
+        let grads: [&[F8]; R] = std::array::from_fn(|r| tile::as_groups(&grads[r][..padded]));
+        let bacc = &mut acc[gi0..];
+        match update {
+            None => tile::project_rows::<R>(source.moments, qs, source.rank, k, row0, group0, &grads, bacc, tile_groups, None),
+            Some((param, dtype, scalars)) => {
+                for (r, w) in weights.iter_mut().enumerate() {
+                    // SAFETY: the chunk of row row0 + r lies inside the rows × cols parameter;
+                    // tiles own disjoint columns.
+                    unsafe { dtype::load(param.get(), dtype, (row0 + r) * n + chunk0, &mut w[..len], 1.0) };
+                    w[len..padded].fill(0.0);
+                }
+                let mut ws: [&mut [F8]; R] = {
+                    let mut it = weights.iter_mut();
+                    std::array::from_fn(|_| tile::as_groups_mut(&mut it.next().unwrap()[..padded]))
+                };
+                tile::project_rows::<R>(source.moments, qs, source.rank, k, row0, group0, &grads, bacc, tile_groups, Some((&scalars, &mut ws)));
+                for (r, w) in weights.iter().enumerate() {
+                    unsafe { dtype::store(param.get(), dtype, (row0 + r) * n + chunk0, &w[..len], scalars.rounding) };
                 }
             }
         }
-        acc
     }
 }
 

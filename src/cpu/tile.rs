@@ -135,45 +135,55 @@ pub fn sketch_chunk_dyn(
     }
 }
 
-/// Projection (and optionally the weight update) of one row chunk of a column tile:
-/// bacc[(mo·k + l)·bstride + gi] += Q_mo[row, l]·A_mo[row, group0 + gi] (`bacc` starts at the
-/// chunk's first group); `update`, when given, holds the chunk's weights (whole groups) and is
+/// Projection (and optionally the weight update) of `R` consecutive rows from `row0` over one
+/// chunk of a column tile: for each row in order, bacc[(mo·k + l)·bstride + gi] +=
+/// Q_mo[row, l]·A_mo[row, group0 + gi] (`bacc` starts at the chunk's first group). Summing the
+/// rows of a block in registers before one store gives the same bits as one row at a time.
+/// `grads[r]` holds row r's gradient (whole groups); `weights`, when given, the rows' weights,
 /// updated in place by `scalars`.
 #[inline(always)]
-pub fn project_chunk(
+pub fn project_rows<const R: usize>(
     moments: &[MomentTerms],
     qs: &[&[f32]],
     rank: usize,
     k: usize,
-    row: usize,
+    row0: usize,
     group0: usize,
-    g: &[F8],
+    grads: &[&[F8]; R],
     bacc: &mut [F8],
     bstride: usize,
-    mut update: Option<(&StepScalars, &mut [F8])>,
+    mut update: Option<(&StepScalars, &mut [&mut [F8]; R])>,
 ) {
     let adamw = moments.len() == 2;
-    for (gi, g8) in g.iter().enumerate() {
+    for gi in 0..grads[0].len() {
         let group = group0 + gi;
-        let mut olds = [ZERO; 2];
-        let mut news = [ZERO; 2];
-        for (mo, (terms, q)) in moments.iter().zip(qs).enumerate() {
-            let (old, a) = terms.step8(rank, row, group, g8);
-            olds[mo] = old;
-            news[mo] = a;
-            let qrow = &q[row * k..(row + 1) * k];
-            for (l, &ql) in qrow.iter().enumerate() {
-                let dst = &mut bacc[(mo * k + l) * bstride + gi];
-                for t in 0..LANES {
-                    dst[t] += ql * a[t];
-                }
+        let mut olds = [[ZERO; 2]; R];
+        let mut news = [[ZERO; 2]; R];
+        for r in 0..R {
+            for (mo, terms) in moments.iter().enumerate() {
+                (olds[r][mo], news[r][mo]) = terms.step8(rank, row0 + r, group, &grads[r][gi]);
             }
         }
-        if let Some((scalars, w)) = update.as_mut() {
-            if adamw {
-                scalars.update_adamw(&mut w[gi], &news[0], &news[1]);
-            } else {
-                scalars.update_lion(&mut w[gi], &olds[0], g8);
+        for (mo, q) in qs.iter().enumerate() {
+            for l in 0..k {
+                let dst = &mut bacc[(mo * k + l) * bstride + gi];
+                let mut acc = *dst;
+                for r in 0..R {
+                    let ql = q[(row0 + r) * k + l];
+                    for t in 0..LANES {
+                        acc[t] += ql * news[r][mo][t];
+                    }
+                }
+                *dst = acc;
+            }
+        }
+        if let Some((scalars, weights)) = update.as_mut() {
+            for r in 0..R {
+                if adamw {
+                    scalars.update_adamw(&mut weights[r][gi], &news[r][0], &news[r][1]);
+                } else {
+                    scalars.update_lion(&mut weights[r][gi], &olds[r][0], &grads[r][gi]);
+                }
             }
         }
     }
