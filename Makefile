@@ -26,7 +26,7 @@ JOBS         ?= $(shell nproc 2>/dev/null || echo 2)
 VALGRIND_FLAGS := --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
                   --show-leak-kinds=definite --track-origins=yes
 
-.PHONY: help build header install install-test-prefix ctest-build ctest memcheck test-rust test-python \
+.PHONY: help build header install install-test-prefix ctest-build ctest memcheck test-rust test-python test-python-install \
         test demo-c demo bench clean
 
 help:
@@ -77,14 +77,20 @@ memcheck: ctest-build
 test-rust:
 	$(CARGO) test --release
 
-test-python:
-	@if [ -d bindings/python/tests ]; then \
-	    $(PYTHON) -m pytest -q bindings/python/tests; \
-	else \
-	    echo "test-python: bindings/python/tests does not exist yet; skipped"; \
-	fi
+test-python: build
+	$(PYTHON) -m pytest -q bindings/python/tests
 
-test: test-rust ctest memcheck test-python
+# `pip install ./bindings/python` into a fresh virtual environment, then use the package from
+# outside the checkout with no MLORC_LIBRARY: the bundled library must be found.
+VENV := $(CURDIR)/build/venv-install-check
+test-python-install: build
+	rm -rf "$(VENV)"
+	$(PYTHON) -m venv --system-site-packages "$(VENV)"
+	"$(VENV)/bin/pip" install --quiet ./bindings/python
+	cd /tmp && env -u MLORC_LIBRARY "$(VENV)/bin/python" -c "import mlorc, mlorc.torch; \
+	    print('installed package loads', mlorc.library_path(), 'version', mlorc.library_version())"
+
+test: test-rust ctest memcheck test-python test-python-install
 
 demo-c: install-test-prefix
 	$(CMAKE) -S examples/c -B "$(DEMO_BUILD)" -DCMAKE_PREFIX_PATH="$(TEST_PREFIX)" \
@@ -92,9 +98,11 @@ demo-c: install-test-prefix
 	$(CMAKE) --build "$(DEMO_BUILD)" -j $(JOBS)
 	"$(DEMO_BUILD)/train_demo"
 
-demo: demo-c
+# The main demo: a small transformer fine-tuned with AdamW and MLorc-AdamW side by side.
+demo: build
+	$(PYTHON) examples/python/finetune_demo.py
 
-# Placeholder: benches/cpu_step.rs is written by the lead.
+# CPU step time of the library's MLorc-AdamW against its DENSE AdamW (BENCHMARKS.md).
 bench:
 	$(CARGO) bench --bench cpu_step
 

@@ -22,6 +22,9 @@ pub struct StepScalars {
     pub eps: f32,
     pub beta1: f32,
     pub beta2: f32,
+    /// 1 − β1 and 1 − β2, rounded from f64 (not computed from the rounded betas).
+    pub one_minus_beta1: f32,
+    pub one_minus_beta2: f32,
     /// Multiplies the gradient: 1 / grad_scale.
     pub grad_factor: f32,
     pub rounding: Rounding,
@@ -60,6 +63,8 @@ impl StepScalars {
             eps: config.eps as f32,
             beta1: config.beta1 as f32,
             beta2: config.beta2 as f32,
+            one_minus_beta1: (1.0 - config.beta1) as f32,
+            one_minus_beta2: (1.0 - config.beta2) as f32,
             grad_factor,
             rounding,
         })
@@ -67,11 +72,10 @@ impl StepScalars {
 
     /// Decay and gradient weight of moment `moment` in M_t = β·M̃ + (1 − β)·h.
     pub fn moment_mix(&self, moment: usize) -> (f32, f32) {
-        let beta = match (self.algorithm, moment) {
-            (Algorithm::AdamW, 0) => self.beta1,
-            _ => self.beta2,
-        };
-        (beta, 1.0 - beta)
+        match (self.algorithm, moment) {
+            (Algorithm::AdamW, 0) => (self.beta1, self.one_minus_beta1),
+            _ => (self.beta2, self.one_minus_beta2),
+        }
     }
 
     /// AdamW on eight weights from the new moments M_t, V_t.
@@ -86,7 +90,7 @@ impl StepScalars {
     /// Lion on eight weights from the old moment M̃ and the gradient.
     #[inline(always)]
     pub fn update_lion(&self, w: &mut [f32; 8], m: &[f32; 8], g: &[f32; 8]) {
-        let (b, omb) = (self.beta1, 1.0 - self.beta1);
+        let (b, omb) = (self.beta1, self.one_minus_beta1);
         for t in 0..8 {
             let c = b * m[t] + omb * g[t];
             w[t] = w[t] * self.decay - self.lr * sign(c);

@@ -207,9 +207,16 @@ struct Source<'a> {
 impl Source<'_> {
     /// Row `row`, columns `col0 .. col0 + len` of the gradient into `out`, zero-padded to whole
     /// groups; returns those groups.
-    fn load_grad<'b>(&self, row: usize, col0: usize, len: usize, out: &'b mut [f32; CHUNK]) -> &'b [F8] {
-        // SAFETY: the range lies inside the rows × cols gradient (contract of the step).
-        unsafe { dtype::load(self.grad.get(), self.grad_dtype, row * self.cols + col0, &mut out[..len], self.grad_factor) };
+    fn load_grad<'b>(&'b self, row: usize, col0: usize, len: usize, out: &'b mut [f32; CHUNK]) -> &'b [F8] {
+        let offset = row * self.cols + col0;
+        if self.grad_dtype == Dtype::F32 && self.grad_factor == 1.0 && len % LANES == 0 {
+            // SAFETY: the range lies inside the rows × cols f32 gradient (contract of the step),
+            // which nobody writes during the step.
+            let direct = unsafe { std::slice::from_raw_parts((self.grad.get() as *const f32).add(offset), len) };
+            return tile::as_groups(direct);
+        }
+        // SAFETY: as above.
+        unsafe { dtype::load(self.grad.get(), self.grad_dtype, offset, &mut out[..len], self.grad_factor) };
         let padded = tile::groups(len) * LANES;
         out[len..padded].fill(0.0);
         tile::as_groups(&out[..padded])
@@ -340,13 +347,26 @@ fn project_block<const R: usize>(
         let padded = tile::groups(len) * LANES;
         let (group0, gi0) = (chunk0 / LANES, (chunk0 - col0) / LANES);
         let RowScratch { grads, weights } = scratch;
-        for (r, g) in grads.iter_mut().enumerate() {
-            source.load_grad(row0 + r, chunk0, len, g);
-        }
-        let grads: [&[F8]; R] = std::array::from_fn(|r| tile::as_groups(&grads[r][..padded]));
+        let grads: [&[F8]; R] = {
+            let mut rows = grads.iter_mut().enumerate();
+            std::array::from_fn(|_| {
+                let (r, g) = rows.next().unwrap();
+                source.load_grad(row0 + r, chunk0, len, g)
+            })
+        };
         let bacc = &mut acc[gi0..];
         match update {
             None => tile::project_rows::<R>(source.moments, qs, source.rank, k, row0, group0, &grads, bacc, tile_groups, None),
+            Some((param, Dtype::F32, scalars)) if len % LANES == 0 => {
+                // f32 weights are updated where they are.
+                let mut ws: [&mut [F8]; R] = std::array::from_fn(|r| {
+                    // SAFETY: row row0 + r, columns chunk0..chunk0+len of the f32 parameter: in
+                    // bounds, and only this tile touches these columns.
+                    let p = unsafe { (param.get() as *mut f32).add((row0 + r) * n + chunk0) };
+                    tile::as_groups_mut(unsafe { std::slice::from_raw_parts_mut(p, len) })
+                });
+                tile::project_rows::<R>(source.moments, qs, source.rank, k, row0, group0, &grads, bacc, tile_groups, Some((&scalars, &mut ws)));
+            }
             Some((param, dtype, scalars)) => {
                 for (r, w) in weights.iter_mut().enumerate() {
                     // SAFETY: the chunk of row row0 + r lies inside the rows × cols parameter;

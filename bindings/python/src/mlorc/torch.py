@@ -1,0 +1,732 @@
+"""PyTorch optimizers backed by libmlorc: :class:`MLorcAdamW`, :class:`MLorcLion`, and
+:func:`register_fused_backward`.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from . import _capi
+from ._capi import MlorcError
+
+__all__ = ["MLorcAdamW", "MLorcLion", "register_fused_backward", "MlorcError"]
+
+_DTYPES = {
+    torch.float32: _capi.MLORC_F32,
+    torch.float16: _capi.MLORC_F16,
+    torch.bfloat16: _capi.MLORC_BF16,
+}
+_LAYOUTS = {
+    "auto": _capi.MLORC_LAYOUT_AUTO,
+    "factored": _capi.MLORC_LAYOUT_FACTORED,
+    "dense": _capi.MLORC_LAYOUT_DENSE,
+}
+_U64 = 1 << 64
+
+ParamsT = Union[Iterable[Tensor], Iterable[Dict[str, Any]]]
+
+
+# ------------------------------------------------------------------------------------------------
+# Helpers
+# ------------------------------------------------------------------------------------------------
+
+
+def _matrix_shape(p: Tensor) -> Tuple[int, int]:
+    """How a parameter is seen by the library: 0-d/1-d → (1, numel); N-d → (shape[0], rest)."""
+    n = p.numel()
+    if p.dim() <= 1:
+        return 1, n
+    return p.shape[0], n // p.shape[0]
+
+
+def _check_float(name: str, value: Any, lo: float = 0.0, hi: Optional[float] = None, closed_hi: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"Invalid {name}: {value!r} (expected a number)")
+    v = float(value)
+    if not math.isfinite(v) or v < lo or (hi is not None and (v > hi if closed_hi else v >= hi)):
+        if hi is None:
+            rng = f">= {lo} and finite"
+        else:
+            rng = f"in [{lo}, {hi}{']' if closed_hi else ')'}"
+        raise ValueError(f"Invalid {name}: {value!r} (must be {rng})")
+
+
+def _check_int(name: str, value: Any, lo: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise ValueError(f"Invalid {name}: {value!r} (must be an integer >= {lo})")
+
+
+def _check_param(p: Tensor, cls: str) -> None:
+    if not isinstance(p, Tensor):
+        raise TypeError(f"{cls} can only optimize Tensors, got {type(p).__name__}")
+    if p.is_sparse or p.layout != torch.strided:
+        raise ValueError(f"{cls} does not support sparse parameters (layout {p.layout})")
+    if p.dtype not in _DTYPES:
+        raise TypeError(
+            f"{cls} supports float32, float16 and bfloat16 parameters; got a {p.dtype} parameter "
+            f"of shape {tuple(p.shape)}. Convert the model (e.g. model.float()) or optimize it "
+            "with a torch optimizer."
+        )
+    if p.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{cls}: parameters on {p.device} are not supported (CPU or CUDA only)")
+    if not p.is_contiguous():
+        raise ValueError(
+            f"{cls} needs contiguous parameters; got one of shape {tuple(p.shape)} with strides "
+            f"{tuple(p.stride())}. The library updates the parameter in place as a row-major "
+            "matrix and will not make a hidden m×n copy; make the parameter contiguous (e.g. "
+            "`param.data = param.data.contiguous()`) before building the optimizer."
+        )
+
+
+class _Handle:
+    """A live MlorcState over the tensors of ``self.state[p]`` (not part of state_dict)."""
+
+    __slots__ = ("ptr", "key", "ptrs", "tensors", "config_key", "structure", "count", "infos")
+
+    def __init__(
+        self, ptr: int, key: tuple, ptrs: tuple, tensors: list, config_key: tuple, structure: tuple
+    ) -> None:
+        self.structure = structure  # (layout, rank, oversampling): fixed for the state's life
+        self.ptr = ptr
+        self.key = key  # (rows, cols, param dtype, grad dtype, device)
+        self.ptrs = ptrs  # data_ptrs of the buffers it was created over
+        self.tensors = tensors  # keeps those buffers alive as long as the handle
+        self.config_key = config_key
+        self.count = 0  # the library's step count, as last set or read
+
+
+def _destroy_handles(handles: Dict[int, _Handle]) -> None:
+    for h in list(handles.values()):
+        try:
+            _capi.state_destroy(h.ptr)
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
+    handles.clear()
+
+
+# ------------------------------------------------------------------------------------------------
+# The optimizer
+# ------------------------------------------------------------------------------------------------
+
+
+class _MLorcBase(Optimizer):
+    _algorithm: int = _capi.MLORC_ADAMW
+    _uses_eps = True
+    # GradScaler hands us `grad_scale` / `found_inf` tensors instead of unscaling the grads
+    # itself, as it does for torch's fused optimizers (torch/amp/grad_scaler.py).
+    _step_supports_amp_scaling = True
+
+    def __init__(self, params: ParamsT, defaults: Dict[str, Any]) -> None:
+        self._mlorc_handles: Dict[int, _Handle] = {}
+        self._mlorc_group_of: Dict[int, int] = {}
+        self._validate_group(defaults, "defaults")
+        super().__init__(params, defaults)
+        self._mlorc_finalizer = weakref.finalize(self, _destroy_handles, self._mlorc_handles)
+
+    # -- groups and validation --------------------------------------------------------------------
+
+    def _validate_group(self, group: Dict[str, Any], where: str = "param group") -> None:
+        lr = group["lr"]
+        if isinstance(lr, Tensor):
+            if lr.numel() != 1 or not lr.is_floating_point():
+                raise ValueError(f"Invalid lr: a tensor lr must be a one-element float tensor ({where})")
+            if lr.device.type == "cpu":
+                _check_float("learning rate", float(lr.item()))
+        else:
+            _check_float("learning rate", lr)
+        betas = group["betas"]
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"Invalid betas: {betas!r} (expected a pair)")
+        for i, b in enumerate(betas):
+            _check_float(f"beta parameter at index {i}", b, 0.0, 1.0)
+        if self._uses_eps:
+            _check_float("epsilon value", group["eps"])
+        _check_float("weight_decay value", group["weight_decay"])
+        _check_int("rank", group["rank"], 1)
+        _check_int("oversampling", group["oversampling"], 0)
+        _check_int("power_iters", group["power_iters"], 0)
+        if group["layout"] not in _LAYOUTS:
+            raise ValueError(f"Invalid layout: {group['layout']!r} (expected one of {sorted(_LAYOUTS)})")
+        if self._uses_eps and not isinstance(group["bias_correction"], bool):
+            raise ValueError(f"Invalid bias_correction: {group['bias_correction']!r} (expected a bool)")
+        if not isinstance(group["stochastic_rounding"], bool):
+            raise ValueError(f"Invalid stochastic_rounding: {group['stochastic_rounding']!r} (expected a bool)")
+        seed = group["seed"]
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < _U64):
+            raise ValueError(f"Invalid seed: {seed!r} (None or an integer in [0, 2**64))")
+
+    def add_param_group(self, param_group: Dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            self._validate_group(group)
+            for p in group["params"]:
+                _check_param(p, type(self).__name__)
+        except Exception:
+            self.param_groups.pop()
+            raise
+        self._reindex_groups()
+
+    def _reindex_groups(self) -> None:
+        self._mlorc_group_of = {id(p): i for i, g in enumerate(self.param_groups) for p in g["params"]}
+
+    # -- library objects --------------------------------------------------------------------------
+
+    def _config(self, group: Dict[str, Any]) -> _capi.MlorcConfig:
+        c = _capi.config_init(self._algorithm)
+        c.layout = _LAYOUTS[group["layout"]]
+        c.rank = group["rank"]
+        c.oversampling = group["oversampling"]
+        c.power_iters = group["power_iters"]
+        c.beta1, c.beta2 = (float(b) for b in group["betas"])
+        c.weight_decay = float(group["weight_decay"])
+        if self._uses_eps:
+            c.eps = float(group["eps"])
+            c.bias_correction = int(bool(group["bias_correction"]))
+        c.stochastic_rounding = int(bool(group["stochastic_rounding"]))
+        if group["seed"] is not None:
+            c.seed = int(group["seed"])
+        return c
+
+    @staticmethod
+    def _config_key(c: _capi.MlorcConfig) -> tuple:
+        return tuple(getattr(c, f) for f, _ in c._fields_)
+
+    @staticmethod
+    def _desc(p: Tensor, grad_dtype: torch.dtype) -> _capi.MlorcTensorDesc:
+        rows, cols = _matrix_shape(p)
+        d = _capi.tensor_desc_init(rows, cols, _DTYPES[p.dtype])
+        d.grad_dtype = _DTYPES[grad_dtype]
+        if p.device.type == "cuda":
+            d.device = _capi.MLORC_DEVICE_CUDA
+            d.device_ordinal = p.device.index if p.device.index is not None else torch.cuda.current_device()
+        return d
+
+    def _handle_for(self, p: Tensor, group: Dict[str, Any], grad: Tensor) -> _Handle:
+        """The live handle of p, (re)created over the current state tensors when needed."""
+        state = self.state[p]
+        config = self._config(group)
+        h = self._mlorc_handles.get(id(p))
+        if h is not None and h.structure != (config.layout, config.rank, config.oversampling):
+            raise ValueError(
+                f"{type(self).__name__}: rank, oversampling and layout of a parameter cannot "
+                "change once its state exists (they fix the state's shapes)"
+            )
+        desc = self._desc(p, grad.dtype)
+        key = (desc.rows, desc.cols, desc.param_dtype, desc.grad_dtype, desc.device, desc.device_ordinal)
+        # Buffer names/shapes depend only on (layout, rank, oversampling) and the desc.
+        infos = h.infos if h is not None and h.key == key else _capi.buffer_infos(config, desc)
+        if not state:
+            fresh = {name: torch.zeros((r, c), dtype=torch.float32, device=p.device) for name, r, c in infos}
+            fresh_step = torch.tensor(0.0, dtype=torch.float32)
+        else:
+            fresh = None
+        buffers = fresh if fresh is not None else state
+        tensors = []
+        for name, r, c in infos:
+            t = buffers.get(name)
+            if not isinstance(t, Tensor):
+                raise RuntimeError(f"{type(self).__name__}: state of a parameter lacks buffer {name!r}")
+            if t.dtype != torch.float32 or t.shape != (r, c) or t.device != p.device or not t.is_contiguous():
+                raise RuntimeError(
+                    f"{type(self).__name__}: state buffer {name!r} must be a contiguous float32 tensor "
+                    f"of shape ({r}, {c}) on {p.device}; it is {t.dtype} {tuple(t.shape)} on {t.device}"
+                    " (rank, oversampling and layout cannot change once a parameter has state)"
+                )
+            tensors.append(t)
+        ptrs = tuple(t.data_ptr() for t in tensors)
+        ckey = self._config_key(config)
+        if h is not None and h.ptrs == ptrs and h.key == key:
+            if h.config_key != ckey:
+                _capi.state_set_config(h.ptr, config)
+                h.config_key = ckey
+        else:
+            ptr = _capi.state_create_with_buffers(config, desc, ptrs)
+            if h is not None:
+                _capi.state_destroy(h.ptr)
+                del self._mlorc_handles[id(p)]
+            h = _Handle(ptr, key, ptrs, tensors, ckey, (config.layout, config.rank, config.oversampling))
+            h.infos = infos
+            self._mlorc_handles[id(p)] = h
+            if fresh is not None:
+                state["step"] = fresh_step
+                state.update(fresh)
+        step_t = state.get("step")
+        count = int(step_t.item()) if isinstance(step_t, Tensor) else int(step_t or 0)
+        if count != h.count:
+            _capi.state_set_step_count(h.ptr, count)
+            h.count = count
+        return h
+
+    # -- stepping ---------------------------------------------------------------------------------
+
+    def _scaler_tensors(self) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+        return getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
+
+    def _step_param(
+        self,
+        p: Tensor,
+        group: Dict[str, Any],
+        scale: Optional[Tensor],
+        found_inf: Optional[Tensor],
+        cache: Dict[Any, Tensor],
+    ) -> None:
+        grad = p.grad
+        if grad is None or p.numel() == 0:
+            return
+        name = type(self).__name__
+        if grad.is_sparse or grad.layout != torch.strided:
+            raise RuntimeError(f"{name} does not support sparse gradients")
+        _check_param(p, name)
+        if grad.dtype not in _DTYPES:
+            raise TypeError(f"{name} supports float32, float16 and bfloat16 gradients; got {grad.dtype}")
+        if grad.shape != p.shape or grad.device != p.device:
+            raise ValueError(f"{name}: gradient {tuple(grad.shape)} on {grad.device} does not match its parameter")
+        if not grad.is_contiguous():
+            raise ValueError(
+                f"{name} needs contiguous gradients (strides {tuple(grad.stride())}); no hidden copy is made"
+            )
+        h = self._handle_for(p, group, grad)
+
+        def on_device(t: Tensor, tag: str) -> Tensor:
+            if t.device == p.device and t.dtype == torch.float32:
+                return t
+            k = (tag, p.device)
+            if k not in cache:
+                cache[k] = t.detach().to(device=p.device, dtype=torch.float32).reshape(())
+            return cache[k]
+
+        lr = group["lr"]
+        if isinstance(lr, Tensor):
+            options = _capi.step_options_init(0.0)
+            lr_t = on_device(lr, "lr")
+        else:
+            options = _capi.step_options_init(float(lr))
+            lr_t = None
+        scale_t = on_device(scale, "scale") if scale is not None else None
+        inf_t = on_device(found_inf, "found_inf") if found_inf is not None else None
+        stream = None
+        if p.device.type == "cuda":
+            stream = torch.cuda.current_stream(p.device).cuda_stream
+        _capi.set_step_option_pointers(
+            options,
+            lr_ptr=lr_t.data_ptr() if lr_t is not None else None,
+            grad_scale=scale_t.data_ptr() if scale_t is not None else None,
+            found_inf=inf_t.data_ptr() if inf_t is not None else None,
+            stream=stream,
+        )
+        _capi.step(h.ptr, p.data_ptr(), grad.data_ptr(), options)
+        count = _capi.state_step_count(h.ptr)
+        if count != h.count:
+            h.count = count
+            self.state[p]["step"].fill_(float(count))
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:  # type: ignore[override]
+        """Performs a single optimization step on every parameter that has a ``.grad``.
+
+        Args:
+            closure (Callable, optional): A closure that reevaluates the model and returns the
+                loss.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        # Validate every group first, so that a bad hyperparameter changes nothing.
+        for group in self.param_groups:
+            self._validate_group(group)
+        scale, found_inf = self._scaler_tensors()
+        cache: Dict[Any, Tensor] = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                self._step_param(p, group, scale, found_inf, cache)
+        return loss
+
+    @torch.no_grad()
+    def step_param(self, p: Tensor) -> None:
+        """Steps one parameter with its current ``.grad`` and its group's hyperparameters.
+
+        Meant for fused backward passes (see :func:`register_fused_backward`): call it from a
+        ``register_post_accumulate_grad_hook`` and free the gradient right after. Does nothing
+        when ``p.grad`` is None.
+        """
+        if len(self._mlorc_group_of) != sum(len(g["params"]) for g in self.param_groups):
+            self._reindex_groups()
+        index = self._mlorc_group_of.get(id(p))
+        if index is None:
+            raise ValueError(f"{type(self).__name__}.step_param: this tensor is not one of the optimizer's parameters")
+        group = self.param_groups[index]
+        self._validate_group(group)
+        self._opt_called = True  # what torch's LR-scheduler step wrapper records
+        scale, found_inf = self._scaler_tensors()
+        self._step_param(p, group, scale, found_inf, {})
+
+    # -- memory -----------------------------------------------------------------------------------
+
+    def state_bytes(self) -> int:
+        """Total bytes of optimizer state, held now or (for parameters not yet stepped) to be
+        allocated at their first step: the sum of ``mlorc_state_memory_bytes`` /
+        ``mlorc_state_bytes_required`` over all parameters.
+
+        Per matrix of m×n with rank r: ``2·(m+n+1)·r·4`` bytes for AdamW, ``(m+n+1)·r·4`` for
+        Lion; dense moments (``2·m·n·4`` / ``m·n·4``) for vectors and small matrices.
+        The ``state['step']`` scalars are not counted.
+        """
+        total = 0
+        for group in self.param_groups:
+            config = None
+            for p in group["params"]:
+                if p.numel() == 0:
+                    continue
+                h = self._mlorc_handles.get(id(p))
+                if h is not None:
+                    total += _capi.state_memory_bytes(h.ptr)
+                else:
+                    config = config or self._config(group)
+                    grad_dtype = p.grad.dtype if p.grad is not None else p.dtype
+                    total += _capi.state_bytes_required(config, self._desc(p, grad_dtype))
+        return total
+
+    # -- state_dict -------------------------------------------------------------------------------
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Loads optimizer state (from :meth:`state_dict`).
+
+        The state dict is validated completely first — group sizes, and for every parameter the
+        buffer names and shapes its (saved) group's rank/layout imply — so that a mismatched
+        dict raises ``ValueError`` and leaves this optimizer unchanged. State buffers are kept in
+        float32 whatever the parameter dtype (torch's default loading would cast them to it) and
+        copied, so the loaded dict is never written to.
+        """
+        name = type(self).__name__
+        groups = self.param_groups
+        if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
+            raise ValueError(f"{name}.load_state_dict: expected a dict with 'state' and 'param_groups'")
+        saved_groups = state_dict["param_groups"]
+        if len(groups) != len(saved_groups):
+            raise ValueError("loaded state dict has a different number of parameter groups")
+        if any(len(g["params"]) != len(s["params"]) for g, s in zip(groups, saved_groups)):
+            raise ValueError("loaded state dict contains a parameter group that doesn't match the size of optimizer's group")
+        id_map: Dict[Any, Tuple[Tensor, Dict[str, Any]]] = {}
+        for g, s in zip(groups, saved_groups):
+            merged = dict(self.defaults)
+            merged.update({k: v for k, v in s.items() if k != "params"})
+            try:
+                self._validate_group(merged, "loaded param group")
+            except KeyError as e:
+                raise ValueError(f"{name}.load_state_dict: a saved param group lacks {e}") from None
+            for saved_id, p in zip(s["params"], g["params"]):
+                id_map[saved_id] = (p, merged)
+        loaded: Dict[Tensor, Dict[str, Any]] = {}
+        for k, v in state_dict["state"].items():
+            if k not in id_map:
+                continue
+            p, merged = id_map[k]
+            if not isinstance(v, dict):
+                raise ValueError(f"{name}.load_state_dict: the state of parameter {k} is not a dict")
+            if not v:
+                continue
+            if p.numel() == 0:
+                continue
+            infos = _capi.buffer_infos(self._config(merged), self._desc(p, p.dtype))
+            expected = {n: (r, c) for n, r, c in infos}
+            missing = [n for n in ["step", *expected] if n not in v]
+            extra = [n for n in v if n != "step" and n not in expected]
+            if missing or extra:
+                raise ValueError(
+                    f"{name}.load_state_dict: state of parameter {k} (shape {tuple(p.shape)}) has "
+                    f"keys {sorted(v)}; expected 'step' and {list(expected)}"
+                    + (f"; missing {missing}" if missing else "")
+                    + (f"; unexpected {extra}" if extra else "")
+                )
+            step = v["step"]
+            step_value = float(step.item()) if isinstance(step, Tensor) else step
+            if not isinstance(step_value, (int, float)) or not (step_value >= 0 and float(step_value).is_integer()):
+                raise ValueError(f"{name}.load_state_dict: state['step'] of parameter {k} is {step!r}")
+            fixed: Dict[str, Any] = {"step": torch.tensor(float(step_value), dtype=torch.float32)}
+            for n, shape in expected.items():
+                t = v[n]
+                if not isinstance(t, Tensor) or not t.is_floating_point() or tuple(t.shape) != shape:
+                    got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, Tensor) else type(t).__name__
+                    raise ValueError(
+                        f"{name}.load_state_dict: buffer {n!r} of parameter {k} (shape "
+                        f"{tuple(p.shape)}) must be a float tensor of shape {shape}; got {got}"
+                    )
+                fixed[n] = t
+            loaded[p] = fixed
+        super().load_state_dict(state_dict)
+        # Replace what torch cast to the parameter dtype by float32 copies of the saved buffers.
+        for p, fixed in loaded.items():
+            st = self.state[p]
+            st.clear()
+            st["step"] = fixed.pop("step")
+            for n, t in fixed.items():
+                st[n] = t.detach().to(device=p.device, dtype=torch.float32, copy=True).contiguous()
+        _destroy_handles(self._mlorc_handles)
+        self._reindex_groups()
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if not hasattr(self, "_mlorc_handles"):  # unpickled / deep-copied optimizer
+            self._mlorc_handles = {}
+            self._mlorc_finalizer = weakref.finalize(self, _destroy_handles, self._mlorc_handles)
+            self._reindex_groups()
+
+    def __getstate__(self) -> Dict[str, Any]:
+        return {"defaults": self.defaults, "state": self.state, "param_groups": self.param_groups}
+
+
+_COMMON_DOC = r"""
+    **What MLorc is.** MLorc (Momentum Low-rank compression, Shen et al., arXiv 2506.01897)
+    keeps each moment of a weight matrix W (m×n) only as a rank-r factorization
+    ``U·diag(S)·Vᵀ`` (U: m×r, S: r, V: n×r). At every step the library rebuilds the moments,
+    updates them with the *full* gradient, updates W with them (a full-rank update, unlike
+    LoRA; the compression acts on the momentum, not on the gradient, unlike GaLore), and
+    compresses them again with a randomized SVD. The numerics run in the native library
+    ``libmlorc`` (f32 arithmetic, multi-threaded on the CPU).
+
+    **Parameter shapes.** 0-d and 1-d tensors are treated as a 1×numel matrix (so AUTO layout
+    gives them dense moments); an N-d tensor as ``shape[0] × (numel // shape[0])``.
+    Parameters must be contiguous (the library updates them in place; no hidden m×n copy is
+    made: a ``ValueError`` says so). Sparse gradients raise ``RuntimeError``.
+
+    **Memory.** Per matrix (m×n, rank r = min(rank, m, n)) the state is
+    ``{formula}`` bytes ({moments}), instead of the ``{dense}`` bytes of dense moments.
+    Vectors and small matrices — those where ``(m+n+1)·r ≥ m·n`` — keep dense moments (plain
+    {plain}) under ``layout="auto"``. :meth:`state_bytes` returns the total. Factors are f32
+    whatever the parameter dtype.
+
+    **Dtypes.** Parameters and gradients may be float32, float16 or bfloat16 (independently);
+    arithmetic is f32, f16/bf16 parameters are written back rounded to nearest even (or
+    stochastically with ``stochastic_rounding=True``). Other dtypes (float64, ...) raise
+    ``TypeError``.
+
+    **Devices.** CPU today. CUDA parameters are passed to the library with their device
+    ordinal and ``torch.cuda.current_stream()``; a library built without CUDA answers
+    ``MLORC_ERROR_UNSUPPORTED``, raised as :class:`mlorc.MlorcError`.
+
+    **Learning rate.** ``lr`` may be a float or a one-element tensor (passed by pointer, so it
+    can change without re-capturing CUDA graphs). torch LR schedulers work: they set
+    ``group['lr']`` before each step. Changing ``betas``/``weight_decay``/... of a group takes
+    effect at the next step; ``rank``, ``oversampling`` and ``layout`` cannot change once a
+    parameter has state.
+
+    **GradScaler.** Like torch's fused optimizers (``_step_supports_amp_scaling = True``):
+    ``torch.amp.GradScaler.step(opt)`` does not unscale the gradients itself but sets
+    ``opt.grad_scale`` and ``opt.found_inf``; the library divides the gradient by the scale
+    inside the step and, when ``found_inf`` is non-zero, changes nothing — neither
+    parameters, nor moments, nor ``state['step']``. ``scaler.unscale_(opt)`` before ``step``
+    (e.g. for gradient clipping) works as usual.
+
+    **Fused backward.** :meth:`step_param` steps one parameter; :func:`register_fused_backward`
+    registers ``register_post_accumulate_grad_hook`` hooks that step each parameter as soon
+    as its gradient is ready and free the gradient (``p.grad = None``), so that the whole set
+    of gradients never exists at once. LR schedulers keep working (they change
+    ``group['lr']``, which each hook reads).
+
+    **state_dict.** ``self.state[p]`` holds ``'step'`` (a float32 scalar tensor, as
+    torch.optim.AdamW) and one float32 tensor per library buffer, named as the C API names
+    them: ``{names}`` (FACTORED) or ``{dense_names}`` (DENSE), shapes ``(m, r)``, ``(1, r)``,
+    ``(n, r)`` / ``(m, n)``. The library works on these tensors in place, so
+    ``state_dict()``, ``load_state_dict()`` and ``torch.save`` behave as with any torch
+    optimizer, and a resumed run continues bit-exactly (the random sketches are a function
+    of ``seed`` and the step). ``load_state_dict`` validates names and shapes first and
+    leaves the optimizer unchanged on a mismatch.
+"""
+
+
+class MLorcAdamW(_MLorcBase):
+    __doc__ = (
+        r"""MLorc-AdamW: AdamW whose two moments are stored as rank-``rank`` factors.
+
+    With exact moments (``layout="dense"``, or rank ≥ min(m, n)) a step equals
+    ``torch.optim.AdamW`` up to f32 rounding: weight decay ``W ← W·(1 − lr·wd)`` first, then
+    ``W ← W − lr/(1−β1^t) · M / (sqrt(V)/sqrt(1−β2^t) + eps)``.
+
+    Args:
+        params (iterable): iterable of parameters or dicts defining parameter groups.
+        lr (float or Tensor, optional): learning rate (default: 1e-3).
+        betas (Tuple[float, float], optional): decay rates of the first and second moments,
+            each in [0, 1) (default: (0.9, 0.999)).
+        eps (float, optional): added to the denominator (default: 1e-8).
+        weight_decay (float, optional): decoupled weight decay (default: 1e-2).
+        rank (int, optional): rank r of the stored factors, ≥ 1; clamped to min(m, n)
+            (default: 4).
+        oversampling (int, optional): oversampling p of the randomized SVD, sketch width
+            r + p (default: 0).
+        power_iters (int, optional): power iterations q of the randomized SVD (default: 0;
+            the paper's code uses 1 — more accurate, twice the sweeps).
+        layout (str, optional): ``"auto"`` (factors when (m+n+1)·r < m·n, else dense),
+            ``"factored"`` or ``"dense"`` (plain AdamW) (default: ``"auto"``).
+        bias_correction (bool, optional): Adam bias correction (default: True).
+        stochastic_rounding (bool, optional): write f16/bf16 parameters back with stochastic
+            rounding instead of round-to-nearest-even (default: False).
+        seed (int, optional): seed of the random sketches (and of stochastic rounding);
+            None uses the library's default seed (default: None).
+"""
+        + _COMMON_DOC.format(
+            formula="2·(m+n+1)·r·4",
+            moments="two moments of (m+n+1)·r float32 each",
+            dense="2·m·n·4",
+            plain="AdamW",
+            names="exp_avg.u, exp_avg.s, exp_avg.v, exp_avg_sq.u, exp_avg_sq.s, exp_avg_sq.v",
+            dense_names="exp_avg, exp_avg_sq",
+        )
+        + r"""
+    Example:
+        >>> opt = MLorcAdamW(model.parameters(), lr=1e-4, rank=4)
+        >>> loss_fn(model(x), y).backward()
+        >>> opt.step(); opt.zero_grad()
+    """
+    )
+
+    _algorithm = _capi.MLORC_ADAMW
+    _uses_eps = True
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: Union[float, Tensor] = 1e-3,
+        betas: Tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        rank: int = 4,
+        oversampling: int = 0,
+        power_iters: int = 0,
+        layout: str = "auto",
+        bias_correction: bool = True,
+        stochastic_rounding: bool = False,
+        seed: Optional[int] = None,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas) if isinstance(betas, (list, tuple)) else betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            rank=rank,
+            oversampling=oversampling,
+            power_iters=power_iters,
+            layout=layout,
+            bias_correction=bias_correction,
+            stochastic_rounding=stochastic_rounding,
+            seed=seed,
+        )
+        super().__init__(params, defaults)
+
+
+class MLorcLion(_MLorcBase):
+    __doc__ = (
+        r"""MLorc-Lion: Lion whose momentum is stored as rank-``rank`` factors.
+
+    Step (lucidrains/Chen et al. semantics, sign(0) = 0): ``c = β1·M + (1−β1)·g``;
+    ``W ← W·(1 − lr·wd)``; ``W ← W − lr·sign(c)``; ``M ← β2·M + (1−β2)·g``.
+
+    Args:
+        params (iterable): iterable of parameters or dicts defining parameter groups.
+        lr (float or Tensor, optional): learning rate (default: 1e-4).
+        betas (Tuple[float, float], optional): β1 interpolates the update, β2 decays the
+            momentum, each in [0, 1) (default: (0.95, 0.98)).
+        weight_decay (float, optional): decoupled weight decay (default: 5e-2).
+        rank (int, optional): rank r of the stored factors, ≥ 1; clamped to min(m, n)
+            (default: 4).
+        oversampling (int, optional): oversampling p of the randomized SVD (default: 0).
+        power_iters (int, optional): power iterations q of the randomized SVD (default: 0).
+        layout (str, optional): ``"auto"``, ``"factored"`` or ``"dense"`` (plain Lion)
+            (default: ``"auto"``).
+        stochastic_rounding (bool, optional): stochastic rounding of f16/bf16 parameters
+            (default: False).
+        seed (int, optional): seed of the random sketches; None: the library default
+            (default: None).
+"""
+        + _COMMON_DOC.format(
+            formula="(m+n+1)·r·4",
+            moments="one moment",
+            dense="m·n·4",
+            plain="Lion",
+            names="exp_avg.u, exp_avg.s, exp_avg.v",
+            dense_names="exp_avg",
+        )
+    )
+
+    _algorithm = _capi.MLORC_LION
+    _uses_eps = False
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: Union[float, Tensor] = 1e-4,
+        betas: Tuple[float, float] = (0.95, 0.98),
+        weight_decay: float = 5e-2,
+        rank: int = 4,
+        oversampling: int = 0,
+        power_iters: int = 0,
+        layout: str = "auto",
+        stochastic_rounding: bool = False,
+        seed: Optional[int] = None,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas) if isinstance(betas, (list, tuple)) else betas,
+            weight_decay=weight_decay,
+            rank=rank,
+            oversampling=oversampling,
+            power_iters=power_iters,
+            layout=layout,
+            stochastic_rounding=stochastic_rounding,
+            seed=seed,
+        )
+        super().__init__(params, defaults)
+
+
+def register_fused_backward(
+    model_or_params: Union[torch.nn.Module, Iterable[Tensor]],
+    optimizer: _MLorcBase,
+) -> List[Any]:
+    """Steps each parameter during ``backward()``, as soon as its gradient is accumulated.
+
+    Registers ``register_post_accumulate_grad_hook`` on every parameter (that requires grad)
+    of ``model_or_params``; the hook calls ``optimizer.step_param(p)`` and then sets
+    ``p.grad = None``, so gradients of the whole model never exist at once (the memory
+    pattern of OneTrainer / ai-toolkit). Afterwards a training step is just::
+
+        loss.backward()      # parameters are updated here
+        scheduler.step()     # LR schedulers still work: they change group['lr']
+
+    Do not call ``optimizer.step()`` or accumulate gradients over several backward passes
+    with the hooks in place. Every parameter must belong to ``optimizer``.
+
+    Returns:
+        list of ``torch.utils.hooks.RemovableHandle``; call ``.remove()`` on each to undo.
+    """
+    if not isinstance(optimizer, _MLorcBase):
+        raise TypeError("register_fused_backward needs an MLorcAdamW or MLorcLion optimizer")
+    params = model_or_params.parameters() if isinstance(model_or_params, torch.nn.Module) else model_or_params
+    known = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    opt_ref = weakref.ref(optimizer)
+
+    def hook(p: Tensor) -> None:
+        opt = opt_ref()
+        if opt is None:
+            return
+        opt.step_param(p)
+        p.grad = None
+
+    handles = []
+    for p in params:
+        if not p.requires_grad:
+            continue
+        if id(p) not in known:
+            for h in handles:
+                h.remove()
+            raise ValueError(
+                f"register_fused_backward: a parameter of shape {tuple(p.shape)} is not managed by the optimizer"
+            )
+        handles.append(p.register_post_accumulate_grad_hook(hook))
+    return handles

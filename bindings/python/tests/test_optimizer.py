@@ -1,0 +1,494 @@
+"""Validation, bad input, memory accounting, GradScaler, fused backward, closures, groups."""
+
+import math
+
+import pytest
+import torch
+
+import mlorc
+import mlorc.torch as mt
+from mlorc import _capi
+
+
+def _params(*shapes, dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(s, dtype=dtype)) for s in shapes]
+
+
+def _snapshot(params, opt):
+    return (
+        [p.detach().clone() for p in params],
+        {id(p): {k: v.clone() for k, v in st.items()} for p, st in opt.state.items()},
+    )
+
+
+def _assert_unchanged(params, opt, snap):
+    ps, st = snap
+    for p, q in zip(params, ps):
+        assert torch.equal(p, q)
+    assert {id(p) for p in opt.state} == set(st)
+    for p, s in opt.state.items():
+        for k, v in s.items():
+            assert torch.equal(v, st[id(p)][k]), k
+
+
+# -- constructor validation -------------------------------------------------------------------
+
+
+def test_defaults_match_library():
+    p = _params((8, 8))
+    adamw = mt.MLorcAdamW(p).defaults
+    c = _capi.config_init(_capi.MLORC_ADAMW)
+    assert adamw["betas"] == (c.beta1, c.beta2) and adamw["eps"] == c.eps
+    assert adamw["weight_decay"] == c.weight_decay and adamw["rank"] == c.rank
+    assert adamw["oversampling"] == c.oversampling and adamw["power_iters"] == c.power_iters
+    assert adamw["bias_correction"] == bool(c.bias_correction)
+    assert adamw["stochastic_rounding"] == bool(c.stochastic_rounding) and adamw["layout"] == "auto"
+    assert adamw["lr"] == 1e-3
+    lion = mt.MLorcLion(p).defaults
+    c = _capi.config_init(_capi.MLORC_LION)
+    assert lion["betas"] == (c.beta1, c.beta2) and lion["weight_decay"] == c.weight_decay
+    assert lion["rank"] == c.rank and lion["lr"] == 1e-4 and "eps" not in lion
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(lr=float("nan")),
+        dict(lr=-1e-3),
+        dict(lr=float("inf")),
+        dict(betas=(1.0, 0.999)),
+        dict(betas=(0.9, -0.1)),
+        dict(betas=(0.9,)),
+        dict(eps=-1e-8),
+        dict(weight_decay=float("nan")),
+        dict(rank=0),
+        dict(rank=2.5),
+        dict(oversampling=-1),
+        dict(power_iters=-1),
+        dict(layout="lowrank"),
+        dict(seed=-1),
+        dict(seed=2**64),
+    ],
+)
+def test_constructor_rejects_bad_hyperparameters(kw):
+    with pytest.raises(ValueError):
+        mt.MLorcAdamW(_params((4, 4)), **kw)
+
+
+def test_lion_rejects_bad_hyperparameters():
+    with pytest.raises(ValueError):
+        mt.MLorcLion(_params((4, 4)), betas=(0.9, 1.5))
+    with pytest.raises(ValueError):
+        mt.MLorcLion(_params((4, 4)), lr=float("nan"))
+
+
+def test_bad_param_group_is_not_added():
+    opt = mt.MLorcAdamW(_params((4, 4)))
+    with pytest.raises(ValueError):
+        opt.add_param_group({"params": _params((3, 3)), "rank": 0})
+    assert len(opt.param_groups) == 1
+
+
+# -- bad input ----------------------------------------------------------------------------------
+
+
+def test_float64_params_are_refused():
+    with pytest.raises(TypeError, match="float64"):
+        mt.MLorcAdamW(_params((4, 4), dtype=torch.float64))
+
+
+def test_float64_grad_is_refused_and_changes_nothing():
+    (p,) = _params((6, 5))
+    opt = mt.MLorcAdamW([p])
+    if hasattr(p, "grad_dtype"):
+        p.grad_dtype = None  # torch >= 2.10 refuses a .grad of another dtype unless told
+    p.grad = torch.randn(6, 5, dtype=torch.float64)
+    snap = _snapshot([p], opt)
+    with pytest.raises(TypeError, match="float64"):
+        opt.step()
+    _assert_unchanged([p], opt, snap)
+
+
+def test_non_contiguous_param_is_refused():
+    base = torch.randn(8, 6)
+    p = torch.nn.Parameter(base.t())  # a non-contiguous view
+    assert not p.is_contiguous()
+    with pytest.raises(ValueError, match="contiguous.*no hidden|hidden m×n copy"):
+        mt.MLorcAdamW([p])
+
+
+def test_non_contiguous_grad_is_refused():
+    (p,) = _params((6, 8))
+    opt = mt.MLorcAdamW([p])
+    p.grad = torch.randn(8, 6).t()
+    with pytest.raises(ValueError, match="contiguous"):
+        opt.step()
+
+
+def test_sparse_grads_raise_runtime_error():
+    emb = torch.nn.Embedding(10, 4, sparse=True)
+    opt = mt.MLorcAdamW(emb.parameters())
+    emb(torch.tensor([1, 2])).sum().backward()
+    assert emb.weight.grad.is_sparse
+    with pytest.raises(RuntimeError, match="sparse"):
+        opt.step()
+
+
+def test_nan_lr_set_later_changes_nothing():
+    params = _params((16, 12), (12,), (10, 10))
+    opt = mt.MLorcAdamW([{"params": params[:2]}, {"params": params[2:]}], lr=1e-2)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    opt.param_groups[1]["lr"] = float("nan")  # the second group: the first must not move either
+    snap = _snapshot(params, opt)
+    with pytest.raises((ValueError, mlorc.MlorcError)):
+        opt.step()
+    _assert_unchanged(params, opt, snap)
+
+
+def test_nan_tensor_lr_is_refused_by_the_library():
+    (p,) = _params((16, 12))
+    opt = mt.MLorcAdamW([p], lr=torch.tensor(1e-2))
+    p.grad = torch.randn_like(p)
+    opt.step()
+    snap = _snapshot([p], opt)
+    opt.param_groups[0]["lr"] = torch.tensor(float("nan"))
+    with pytest.raises((ValueError, mlorc.MlorcError)):
+        opt.step()
+    _assert_unchanged([p], opt, snap)
+
+
+def test_library_errors_carry_status_and_message():
+    (p,) = _params((16, 12))
+    opt = mt.MLorcAdamW([p], lr=1e-2)
+    p.grad = torch.randn_like(p)
+    opt.step()
+    snap = _snapshot([p], opt)
+    opt.scale = None
+    opt.grad_scale = torch.tensor(-1.0)  # a negative scale: invalid for the library
+    with pytest.raises(mlorc.MlorcError) as info:
+        opt.step()
+    del opt.grad_scale
+    e = info.value
+    assert e.status == _capi.MLORC_ERROR_INVALID_ARGUMENT
+    assert e.status_name == "MLORC_ERROR_INVALID_ARGUMENT"
+    assert "grad_scale" in e.message
+    _assert_unchanged([p], opt, snap)
+
+
+def test_structural_change_is_refused():
+    (p,) = _params((16, 12))
+    opt = mt.MLorcAdamW([p], rank=2)
+    p.grad = torch.randn_like(p)
+    opt.step()
+    opt.param_groups[0]["rank"] = 3
+    with pytest.raises(ValueError, match="rank"):
+        opt.step()
+
+
+def test_unsupported_device_or_cuda_surfaces_clearly():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    p = torch.nn.Parameter(torch.randn(16, 12, device="cuda"))
+    opt = mt.MLorcAdamW([p])
+    p.grad = torch.randn_like(p)
+    try:
+        opt.step()
+    except mlorc.MlorcError as e:
+        assert e.status in (_capi.MLORC_ERROR_UNSUPPORTED, _capi.MLORC_ERROR_DEVICE_UNAVAILABLE)
+        assert not opt.state[p]
+
+
+# -- memory ---------------------------------------------------------------------------------------
+
+
+def _formula(shape, rank, moments):
+    m, n = (1, math.prod(shape)) if len(shape) <= 1 else (shape[0], math.prod(shape[1:]))
+    r = min(rank, m, n)
+    if (m + n + 1) * rank < m * n:
+        return moments * (m + n + 1) * r * 4
+    return moments * m * n * 4
+
+
+@pytest.mark.parametrize("cls,moments", [(mt.MLorcAdamW, 2), (mt.MLorcLion, 1)])
+def test_state_bytes_match_formula(cls, moments):
+    shapes = [(256, 128), (64, 32, 3, 3), (128,), (), (8, 8), (9, 9), (1000, 3), (40, 30)]
+    params = _params(*shapes)
+    rank = 4
+    opt = cls(params, rank=rank)
+    expected = sum(_formula(s, rank, moments) for s in shapes)
+    assert opt.state_bytes() == expected  # before any state exists: what it will hold
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    assert opt.state_bytes() == expected
+    held = sum(t.numel() * t.element_size() for st in opt.state.values() for k, t in st.items() if k != "step")
+    assert held == expected
+    # AdamW r=4 on the 256x128 matrix: 2·(256+128+1)·4·4 bytes instead of 2·256·128·4.
+    if moments == 2:
+        assert _formula((256, 128), 4, 2) == 2 * 385 * 16
+
+
+def test_buffer_names_and_shapes():
+    big, vec = _params((20, 10), (10,))
+    opt = mt.MLorcAdamW([big, vec], rank=3)
+    big.grad, vec.grad = torch.randn_like(big), torch.randn_like(vec)
+    opt.step()
+    st = opt.state[big]
+    assert {k: tuple(v.shape) for k, v in st.items() if k != "step"} == {
+        "exp_avg.u": (20, 3), "exp_avg.s": (1, 3), "exp_avg.v": (10, 3),
+        "exp_avg_sq.u": (20, 3), "exp_avg_sq.s": (1, 3), "exp_avg_sq.v": (10, 3),
+    }
+    assert st["step"].dtype == torch.float32 and st["step"].dim() == 0 and st["step"].item() == 1
+    assert {k: tuple(v.shape) for k, v in opt.state[vec].items() if k != "step"} == {
+        "exp_avg": (1, 10), "exp_avg_sq": (1, 10)}
+
+
+# -- GradScaler -----------------------------------------------------------------------------------
+
+
+def _scaler_supported_on_cpu():
+    try:
+        torch.amp.GradScaler("cpu")
+        return True
+    except Exception:
+        return False
+
+
+def test_grad_scale_and_found_inf_attributes():
+    """The attributes GradScaler sets for fused optimizers (emulated by hand)."""
+    a, = _params((24, 16), seed=1)
+    b = torch.nn.Parameter(a.detach().clone())
+    opt_a = mt.MLorcAdamW([a], lr=1e-2)
+    opt_b = mt.MLorcAdamW([b], lr=1e-2)
+    for _ in range(3):
+        g = torch.randn(24, 16)
+        a.grad = g * 1024.0
+        b.grad = g.clone()
+        opt_a.grad_scale = torch.tensor(1024.0)
+        opt_a.found_inf = torch.tensor(0.0)
+        opt_a.step()
+        opt_b.step()
+    assert torch.equal(a, b)  # scaling by a power of two is exact
+    snap = _snapshot([a], opt_a)
+    a.grad = torch.full_like(a, float("inf"))
+    opt_a.found_inf = torch.tensor(1.0)
+    opt_a.step()
+    _assert_unchanged([a], opt_a, snap)
+    assert opt_a.state[a]["step"].item() == 3
+
+
+@pytest.mark.skipif(not _scaler_supported_on_cpu(), reason="torch.amp.GradScaler('cpu') unavailable")
+def test_torch_grad_scaler_on_cpu():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+    twin = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+    twin.load_state_dict(model.state_dict())
+    opt = mt.MLorcAdamW(model.parameters(), lr=1e-2)
+    ref = mt.MLorcAdamW(twin.parameters(), lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu", init_scale=256.0, growth_interval=1000)
+    x, y = torch.randn(32, 8), torch.randn(32, 2)
+    for _ in range(4):
+        for m, o in ((model, opt), (twin, ref)):
+            o.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        torch.nn.functional.mse_loss(twin(x), y).backward()
+        ref.step()
+    assert not hasattr(opt, "found_inf")  # GradScaler removes its attributes after the step
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert torch.allclose(p, q, rtol=0, atol=1e-6)
+    # An overflow: nothing changes, not even state['step'], and the scale backs off.
+    snap = _snapshot(list(model.parameters()), opt)
+    opt.zero_grad()
+    loss = torch.nn.functional.mse_loss(model(x), y) * float("inf")
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    _assert_unchanged(list(model.parameters()), opt, snap)
+    assert scaler.get_scale() == 128.0
+    assert all(st["step"].item() == 4 for st in opt.state.values())
+
+
+# -- fused backward, closures, groups -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", [mt.MLorcAdamW, mt.MLorcLion])
+def test_fused_backward_matches_step(cls):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(10, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    twin = torch.nn.Sequential(torch.nn.Linear(10, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    twin.load_state_dict(model.state_dict())
+    opt = cls(model.parameters(), lr=1e-2, rank=2)
+    fused = cls(twin.parameters(), lr=1e-2, rank=2)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 2, gamma=0.5)
+    fsched = torch.optim.lr_scheduler.StepLR(fused, 2, gamma=0.5)
+    handles = mt.register_fused_backward(twin, fused)
+    x, y = torch.randn(16, 10), torch.randn(16, 4)
+    for _ in range(6):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        sched.step()
+        torch.nn.functional.mse_loss(twin(x), y).backward()  # steps inside backward
+        fsched.step()
+        assert all(p.grad is None for p in twin.parameters())
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(p, q)
+    for h in handles:
+        h.remove()
+
+
+def test_fused_backward_rejects_foreign_params():
+    a, b = _params((4, 4), (4, 4))
+    opt = mt.MLorcAdamW([a])
+    with pytest.raises(ValueError):
+        mt.register_fused_backward([a, b], opt)
+
+
+def test_closure_param_groups_and_hyperparameter_changes():
+    torch.manual_seed(0)
+    w1, b1 = _params((12, 10), (12,))
+    r1, rb1 = (torch.nn.Parameter(t.detach().clone()) for t in (w1, b1))
+    x = torch.randn(8, 10)
+
+    opt = mt.MLorcAdamW([{"params": [w1]}, {"params": [b1], "lr": 5e-2, "weight_decay": 0.0}],
+                        lr=1e-2, layout="dense")
+    ref = torch.optim.AdamW([{"params": [r1]}, {"params": [rb1], "lr": 5e-2, "weight_decay": 0.0}],
+                            lr=1e-2, foreach=False)
+
+    def closure_for(o, w, b):
+        def closure():
+            o.zero_grad()
+            loss = (x @ w.t() + b).pow(2).mean()
+            loss.backward()
+            return loss
+        return closure
+
+    for t in range(8):
+        if t == 4:  # change betas / eps / weight decay mid-run: mlorc_state_set_config
+            for o in (opt, ref):
+                o.param_groups[0]["betas"] = (0.8, 0.99)
+                o.param_groups[0]["eps"] = 1e-6
+                o.param_groups[0]["weight_decay"] = 0.2
+        la = opt.step(closure_for(opt, w1, b1))
+        lb = ref.step(closure_for(ref, r1, rb1))
+        assert torch.allclose(la, lb, rtol=1e-5, atol=1e-7)
+    assert torch.allclose(w1, r1, rtol=0, atol=1e-5)
+    assert torch.allclose(b1, rb1, rtol=0, atol=1e-5)
+
+
+def test_step_param_equals_step_and_skips_missing_grads():
+    a, b = _params((12, 9), (12, 9))
+    c, d = (torch.nn.Parameter(t.detach().clone()) for t in (a, b))
+    o1 = mt.MLorcAdamW([a, b], lr=1e-2)
+    o2 = mt.MLorcAdamW([c, d], lr=1e-2)
+    for _ in range(3):
+        g = torch.randn(12, 9)
+        a.grad = g.clone()
+        c.grad = g.clone()
+        o1.step()
+        o2.step_param(c)
+        o2.step_param(d)  # no grad: nothing happens
+    assert torch.equal(a, c) and torch.equal(b, d)
+    assert d not in o2.state or not o2.state[d]
+    with pytest.raises(ValueError):
+        o2.step_param(torch.nn.Parameter(torch.zeros(2)))
+
+
+def test_zero_sized_and_scalar_params():
+    e, s = torch.nn.Parameter(torch.zeros(0, 4)), torch.nn.Parameter(torch.tensor(1.5))
+    opt = mt.MLorcLion([e, s], lr=0.1, weight_decay=0.0)
+    e.grad, s.grad = torch.zeros(0, 4), torch.tensor(2.0)
+    opt.step()
+    assert s.item() == pytest.approx(1.4)
+
+
+def test_optimizer_gc_destroys_handles():
+    import gc
+    import weakref
+
+    (p,) = _params((16, 16))
+    opt = mt.MLorcAdamW([p])
+    p.grad = torch.randn_like(p)
+    opt.step()
+    handles = opt._mlorc_handles
+    assert len(handles) == 1
+    ref = weakref.ref(opt)
+    del opt
+    gc.collect()
+    assert ref() is None and len(handles) == 0
+
+
+def test_help_documents_everything():
+    doc = mt.MLorcAdamW.__doc__
+    for word in ["Momentum Low-rank", "lr", "betas", "eps", "weight_decay", "rank", "oversampling",
+                 "power_iters", "layout", "bias_correction", "stochastic_rounding", "seed",
+                 "2·(m+n+1)·r·4", "bfloat16", "GradScaler", "register_fused_backward", "state_dict",
+                 "exp_avg.u"]:
+        assert word in doc, word
+    assert "(m+n+1)·r·4" in mt.MLorcLion.__doc__
+
+
+def test_cuda_desc_is_answered_with_a_clear_error_by_a_cpu_build():
+    """The CUDA path of the binding sends device=MLORC_DEVICE_CUDA + ordinal; a CPU-only build
+    must answer with a clear status (checked at the C level, no GPU needed)."""
+    config = _capi.config_init(_capi.MLORC_ADAMW)
+    desc = _capi.tensor_desc_init(16, 12, _capi.MLORC_F32)
+    desc.device = _capi.MLORC_DEVICE_CUDA
+    desc.device_ordinal = 0
+    try:
+        handle = _capi.state_create(config, desc)
+    except mlorc.MlorcError as e:
+        assert e.status in (_capi.MLORC_ERROR_UNSUPPORTED, _capi.MLORC_ERROR_DEVICE_UNAVAILABLE)
+        assert e.message
+    else:  # a CUDA-enabled build on a machine with a GPU
+        _capi.state_destroy(handle)
+
+
+@pytest.mark.skipif(not _scaler_supported_on_cpu(), reason="torch.amp.GradScaler('cpu') unavailable")
+def test_grad_scaler_unscale_then_clip():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 6)
+    twin = torch.nn.Linear(8, 6)
+    twin.load_state_dict(model.state_dict())
+    opt = mt.MLorcAdamW(model.parameters(), lr=1e-2, layout="dense")
+    ref = torch.optim.AdamW(twin.parameters(), lr=1e-2, foreach=False)
+    scaler = torch.amp.GradScaler("cpu", init_scale=64.0)
+    x, y = torch.randn(16, 8), torch.randn(16, 6)
+    for _ in range(3):
+        opt.zero_grad()
+        ref.zero_grad()
+        scaler.scale(torch.nn.functional.mse_loss(model(x), y)).backward()
+        scaler.unscale_(opt)  # grads unscaled in place: the step must not divide again
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+        scaler.step(opt)
+        scaler.update()
+        torch.nn.functional.mse_loss(twin(x), y).backward()
+        torch.nn.utils.clip_grad_norm_(twin.parameters(), 0.1)
+        ref.step()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert torch.allclose(p, q, rtol=0, atol=1e-5)
+
+
+def test_deepcopy_and_pickle():
+    import copy
+    import pickle
+
+    (p,) = _params((16, 12))
+    opt = mt.MLorcAdamW([p], lr=1e-2)
+    p.grad = torch.randn_like(p)
+    opt.step()
+    clone = copy.deepcopy(opt)  # a copy of the optimizer over the same parameter
+    assert clone._mlorc_handles == {} and clone.state[clone.param_groups[0]["params"][0]]["step"].item() == 1
+    q = clone.param_groups[0]["params"][0]
+    q.grad = p.grad.clone()
+    clone.step()
+    opt.step()
+    assert torch.equal(p, q)  # the copy continues exactly like the original
+    restored = pickle.loads(pickle.dumps(opt))
+    assert restored.state_bytes() == opt.state_bytes()
