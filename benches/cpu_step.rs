@@ -2,7 +2,8 @@
 //! in the same run, with the state bytes of each. Not a test: run `make bench`.
 //!
 //! Options (environment): MLORC_BENCH_SHAPES="1024x1024,4096x4096,4096x11008",
-//! MLORC_BENCH_REPS (timed steps per case, default 7), MLORC_NUM_THREADS.
+//! MLORC_BENCH_REPS (timed steps per case, default 7), MLORC_BENCH_ONLY=dense|q0|q1 (one case,
+//! for profiling), MLORC_NUM_THREADS.
 
 use std::time::Instant;
 
@@ -11,6 +12,22 @@ use mlorc::{Algorithm, Config, Device, Dtype, LayoutRequest, State, StepOptions,
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
+}
+
+/// Seconds on the wall clock, or of this thread's CPU time with MLORC_BENCH_CLOCK=thread (with
+/// MLORC_NUM_THREADS=1 the steps run on the calling pool thread: a measure that other load on
+/// the machine disturbs less, for comparing kernel versions).
+fn now() -> f64 {
+    if std::env::var("MLORC_BENCH_CLOCK").as_deref() == Ok("thread") {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: a valid out-pointer for clock_gettime.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    } else {
+        use std::sync::OnceLock;
+        static START: OnceLock<Instant> = OnceLock::new();
+        START.get_or_init(Instant::now).elapsed().as_secs_f64()
+    }
 }
 
 fn time_steps(config: &Config, m: usize, n: usize, reps: usize) -> (f64, usize) {
@@ -25,9 +42,9 @@ fn time_steps(config: &Config, m: usize, n: usize, reps: usize) -> (f64, usize) 
         }
         let times = (0..reps)
             .map(|_| {
-                let t = Instant::now();
+                let t = now();
                 state.step(&mut w, &g, &opts).unwrap();
-                t.elapsed().as_secs_f64()
+                now() - t
             })
             .collect();
         (median(times), state.memory_bytes())
@@ -49,9 +66,13 @@ fn main() {
         let dense = Config { layout: LayoutRequest::Dense, ..Config::defaults(Algorithm::AdamW) };
         let q0 = Config { layout: LayoutRequest::Factored, ..Config::defaults(Algorithm::AdamW) };
         let q1 = Config { power_iters: 1, ..q0 };
-        let (td, bd) = time_steps(&dense, m, n, reps);
-        let (t0, b0) = time_steps(&q0, m, n, reps);
-        let (t1, _) = time_steps(&q1, m, n, reps);
+        let only = std::env::var("MLORC_BENCH_ONLY").unwrap_or_default();
+        let run = |name: &str, config: &Config| {
+            if only.is_empty() || only == name { time_steps(config, m, n, reps) } else { (f64::NAN, 0) }
+        };
+        let (td, bd) = run("dense", &dense);
+        let (t0, b0) = run("q0", &q0);
+        let (t1, _) = run("q1", &q1);
         println!(
             "| {m}x{n} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.3} | {:.3}% |",
             td * 1e3,
