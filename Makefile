@@ -26,7 +26,7 @@ JOBS         ?= $(shell nproc 2>/dev/null || echo 2)
 VALGRIND_FLAGS := --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
                   --show-leak-kinds=definite --track-origins=yes
 
-.PHONY: help build header install install-test-prefix ctest-build ctest memcheck test-rust test-python test-python-install \
+.PHONY: help build header install install-test-prefix ctest-build ctest memcheck test-rust test-python test-python-install test-nvrtc \
         test demo-c demo bench clean
 
 help:
@@ -90,7 +90,11 @@ test-python-install: build
 	cd /tmp && env -u MLORC_LIBRARY "$(VENV)/bin/python" -c "import mlorc, mlorc.torch; \
 	    print('installed package loads', mlorc.library_path(), 'version', mlorc.library_version())"
 
-test: test-rust ctest memcheck test-python test-python-install
+# Every CUDA kernel compiles with NVRTC (PyTorch's pip libnvrtc) for sm_80 and sm_90, no GPU needed.
+test-nvrtc:
+	scripts/nvrtc-check.sh
+
+test: test-rust test-nvrtc ctest memcheck test-python test-python-install
 
 demo-c: install-test-prefix
 	$(CMAKE) -S examples/c -B "$(DEMO_BUILD)" -DCMAKE_PREFIX_PATH="$(TEST_PREFIX)" \

@@ -7,6 +7,7 @@ pub mod capi;
 pub mod checkpoint;
 pub mod config;
 mod cpu;
+pub mod cuda;
 pub mod dtype;
 pub mod error;
 pub mod linalg;

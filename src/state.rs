@@ -7,6 +7,7 @@ use half::{bf16, f16};
 
 use crate::config::{Config, Device, Dtype, Layout, Plan, TensorDesc, BufferSpec};
 use crate::cpu;
+use crate::cuda::CudaState;
 use crate::error::{invalid, try_zeroed, Error, Result};
 use crate::step::{self, StepIo, StepScalars};
 
@@ -54,6 +55,8 @@ pub struct StepRequest {
     pub lr: LearningRate,
     pub grad_scale: *const f32,
     pub found_inf: *const f32,
+    /// CUDA stream (CUstream) to enqueue on; NULL is the legacy default stream. Ignored on the CPU.
+    pub stream: *mut std::ffi::c_void,
 }
 
 /// An element type a parameter or gradient slice can have.
@@ -90,6 +93,9 @@ pub struct State {
     plan: Plan,
     buffers: Vec<Buffer>,
     step: u64,
+    /// The CUDA backend's state (device buffers, workspace, device step counter); `buffers` is
+    /// then empty.
+    cuda: Option<Box<CudaState>>,
 }
 
 // SAFETY: a State is used by one thread at a time (the C API enforces it); borrowed buffers are
@@ -100,12 +106,16 @@ impl State {
     /// A fresh state with zeroed buffers allocated by the library.
     pub fn new(config: &Config, desc: &TensorDesc) -> Result<State> {
         let plan = Self::plan_for(config, desc)?;
+        if let Device::Cuda(ordinal) = desc.device {
+            let cuda = CudaState::new(plan, desc, ordinal, None)?;
+            return Ok(State { config: *config, desc: *desc, plan, buffers: Vec::new(), step: 0, cuda: Some(Box::new(cuda)) });
+        }
         let buffers = plan
             .buffers()
             .into_iter()
             .map(|spec| Ok(Buffer { spec, storage: Storage::Owned(try_zeroed(spec.len(), spec.name)?) }))
             .collect::<Result<Vec<_>>>()?;
-        Ok(State { config: *config, desc: *desc, plan, buffers, step: 0 })
+        Ok(State { config: *config, desc: *desc, plan, buffers, step: 0, cuda: None })
     }
 
     /// A state over caller buffers, one per `Plan::buffers` entry and in that order. Their
@@ -125,6 +135,13 @@ impl State {
                 specs.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
             );
         }
+        if let Device::Cuda(ordinal) = desc.device {
+            if let Some(i) = pointers.iter().position(|p| p.is_null()) {
+                return invalid!("buffer {} is NULL", specs[i].name);
+            }
+            let cuda = CudaState::new(plan, desc, ordinal, Some(pointers))?;
+            return Ok(State { config: *config, desc: *desc, plan, buffers: Vec::new(), step: 0, cuda: Some(Box::new(cuda)) });
+        }
         let mut buffers = Vec::with_capacity(specs.len());
         for (spec, &p) in specs.into_iter().zip(pointers) {
             let Some(p) = NonNull::new(p) else {
@@ -135,16 +152,17 @@ impl State {
             }
             buffers.push(Buffer { spec, storage: Storage::Borrowed(p) });
         }
-        Ok(State { config: *config, desc: *desc, plan, buffers, step: 0 })
+        Ok(State { config: *config, desc: *desc, plan, buffers, step: 0, cuda: None })
     }
 
     fn plan_for(config: &Config, desc: &TensorDesc) -> Result<Plan> {
         let plan = Plan::new(config, desc)?;
         match desc.device {
             Device::Cpu => Ok(plan),
-            Device::Cuda(_) => Err(Error::Unsupported(
-                "MLORC_DEVICE_CUDA: this build of libmlorc has no CUDA backend yet".into(),
-            )),
+            Device::Cuda(_) => {
+                crate::cuda::ensure_available()?;
+                Ok(plan)
+            }
         }
     }
 
@@ -157,11 +175,34 @@ impl State {
     pub fn plan(&self) -> &Plan {
         &self.plan
     }
+    /// The step count (CPU). A CUDA state keeps its count on the device: see `try_step_count`.
     pub fn step_count(&self) -> u64 {
-        self.step
+        match &self.cuda {
+            Some(cuda) => cuda.step_count().unwrap_or(self.step),
+            None => self.step,
+        }
     }
     pub fn set_step_count(&mut self, step: u64) {
+        let _ = self.try_set_step_count(step);
+    }
+    /// The step count; on CUDA read from the device (a synchronisation), reporting a bad
+    /// *lr_ptr or *grad_scale seen by an earlier step.
+    pub fn try_step_count(&self) -> Result<u64> {
+        match &self.cuda {
+            Some(cuda) => cuda.step_count(),
+            None => Ok(self.step),
+        }
+    }
+    pub fn try_set_step_count(&mut self, step: u64) -> Result<()> {
         self.step = step;
+        match &mut self.cuda {
+            Some(cuda) => cuda.set_step_count(step),
+            None => Ok(()),
+        }
+    }
+    /// Whether the state lives on a CUDA device.
+    pub fn is_cuda(&self) -> bool {
+        self.cuda.is_some()
     }
 
     /// Replaces the hyperparameters; fields that fix the buffers' shapes must stay the same.
@@ -182,31 +223,77 @@ impl State {
     }
 
     pub fn buffer_specs(&self) -> Vec<BufferSpec> {
-        self.buffers.iter().map(|b| b.spec).collect()
+        self.plan.buffers()
     }
 
     fn buffer_index(&self, name: &str) -> Result<usize> {
-        self.buffers.iter().position(|b| b.spec.name == name).ok_or_else(|| {
+        let specs = self.plan.buffers();
+        specs.iter().position(|b| b.name == name).ok_or_else(|| {
             Error::InvalidArgument(format!(
                 "this state has no buffer named {name:?} (it has: {})",
-                self.buffers.iter().map(|b| b.spec.name).collect::<Vec<_>>().join(", ")
+                specs.iter().map(|b| b.name).collect::<Vec<_>>().join(", ")
             ))
         })
     }
 
+    /// The named buffer as host memory (CPU states only).
     pub fn buffer(&self, name: &str) -> Result<&[f32]> {
-        Ok(self.buffers[self.buffer_index(name)?].as_slice())
+        let idx = self.buffer_index(name)?;
+        if self.cuda.is_some() {
+            return Err(Error::Unsupported(format!(
+                "buffer {name} is CUDA device memory: copy it with read_buffer_into / mlorc_state_read_buffer"
+            )));
+        }
+        Ok(self.buffers[idx].as_slice())
     }
 
-    /// Copies `src` into the named buffer; it must have the buffer's length.
+    /// Copies the named buffer into host memory `dst` (any device; CUDA synchronises).
+    pub fn read_buffer_into(&self, name: &str, dst: &mut [f32]) -> Result<()> {
+        let idx = self.buffer_index(name)?;
+        let len = self.plan.buffers()[idx].len();
+        if dst.len() != len {
+            return invalid!("count is {}: buffer {name} holds {len} floats", dst.len());
+        }
+        match &self.cuda {
+            Some(cuda) => cuda.copy_buffer_host(idx, dst, true),
+            None => {
+                dst.copy_from_slice(self.buffers[idx].as_slice());
+                Ok(())
+            }
+        }
+    }
+
+    /// Copies host memory `src` into the named buffer; it must have the buffer's length.
     pub fn write_buffer(&mut self, name: &str, src: &[f32]) -> Result<()> {
         let idx = self.buffer_index(name)?;
-        let buffer = &mut self.buffers[idx];
-        if src.len() != buffer.spec.len() {
-            return invalid!("count is {}: buffer {name} holds {} floats", src.len(), buffer.spec.len());
+        let len = self.plan.buffers()[idx].len();
+        if src.len() != len {
+            return invalid!("count is {}: buffer {name} holds {len} floats", src.len());
         }
-        buffer.as_mut_slice().copy_from_slice(src);
-        Ok(())
+        match &self.cuda {
+            Some(cuda) => {
+                let mut staged = src.to_vec();
+                cuda.copy_buffer_host(idx, &mut staged, false)
+            }
+            None => {
+                self.buffers[idx].as_mut_slice().copy_from_slice(src);
+                Ok(())
+            }
+        }
+    }
+
+    /// CUDA states: copies the named buffer to (`to_device_memory`) or from `count` floats of
+    /// device memory at `ptr` on the state's device.
+    pub fn copy_buffer_device(&self, name: &str, ptr: u64, count: usize, to_device_memory: bool) -> Result<()> {
+        let idx = self.buffer_index(name)?;
+        let len = self.plan.buffers()[idx].len();
+        if count != len {
+            return invalid!("count is {count}: buffer {name} holds {len} floats");
+        }
+        match &self.cuda {
+            Some(cuda) => cuda.copy_buffer_device(idx, ptr, count, to_device_memory),
+            None => Err(Error::Internal("copy_buffer_device on a CPU state".into())),
+        }
     }
 
     pub(crate) fn buffers_mut(&mut self) -> Vec<&mut [f32]> {
@@ -228,6 +315,9 @@ impl State {
                 self.desc.grad_dtype.name()
             );
         }
+        if self.cuda.is_some() {
+            return invalid!("this state lives on a CUDA device: step it with device pointers (step_raw / mlorc_step)");
+        }
         let scale = options.grad_scale;
         let found_inf = if options.found_inf { 1.0f32 } else { 0.0 };
         let request = StepRequest {
@@ -236,6 +326,7 @@ impl State {
             lr: LearningRate::Value(options.lr),
             grad_scale: scale.as_ref().map_or(std::ptr::null(), |s| s as *const f32),
             found_inf: &found_inf,
+            stream: std::ptr::null_mut(),
         };
         // SAFETY: the slices have the tensor's length and dtype; the scalars live on the stack.
         unsafe { self.step_raw(&request) }
@@ -250,6 +341,11 @@ impl State {
     pub unsafe fn step_raw(&mut self, request: &StepRequest) -> Result<()> {
         if request.param.is_null() || request.grad.is_null() {
             return invalid!("param and grad must not be NULL");
+        }
+        if let Some(cuda) = &mut self.cuda {
+            // Enqueued on the caller's stream; found_inf, grad_scale, lr_ptr and the step count
+            // are read and written on the device.
+            return cuda.step(&self.config, request);
         }
         // SAFETY (CPU): the scalar pointers are host memory per the contract above.
         if !request.found_inf.is_null() && *request.found_inf != 0.0 {

@@ -106,6 +106,7 @@ pub extern "C" fn mlorc_step(
             },
             grad_scale: options.grad_scale,
             found_inf: options.found_inf,
+            stream: options.stream,
         };
         // SAFETY: the caller's contract above covers param, grad and the option pointers.
         with_state(state, |s| unsafe { s.step_raw(&request) })
@@ -116,7 +117,7 @@ pub extern "C" fn mlorc_step(
 #[no_mangle]
 pub extern "C" fn mlorc_state_step_count(state: *const MlorcState, count: *mut u64) -> MlorcStatus {
     guard("mlorc_state_step_count", || {
-        let value = with_state(state, |s| Ok(s.step_count()))?;
+        let value = with_state(state, |s| s.try_step_count())?;
         write_out(count, value, "count")
     })
 }
@@ -124,7 +125,7 @@ pub extern "C" fn mlorc_state_step_count(state: *const MlorcState, count: *mut u
 /// Sets the step count (bias correction and the random sketches follow it).
 #[no_mangle]
 pub extern "C" fn mlorc_state_set_step_count(state: *mut MlorcState, count: u64) -> MlorcStatus {
-    guard("mlorc_state_set_step_count", || with_state(state, |s| Ok(s.set_step_count(count))))
+    guard("mlorc_state_set_step_count", || with_state(state, |s| s.try_set_step_count(count)))
 }
 
 /// Bytes of optimizer state this state holds, whether allocated by the library or lent by the
@@ -187,6 +188,12 @@ pub extern "C" fn mlorc_state_read_buffer(
     guard("mlorc_state_read_buffer", || {
         let name = buffer_name(name)?;
         with_state(state, |s| {
+            if s.is_cuda() {
+                if dst.is_null() {
+                    return invalid!("dst is NULL");
+                }
+                return s.copy_buffer_device(name, dst as u64, count, true);
+            }
             let src = s.buffer(name)?;
             if count != src.len() {
                 return invalid!("count is {count}: buffer {name} holds {} floats", src.len());
@@ -209,8 +216,15 @@ pub extern "C" fn mlorc_state_write_buffer(
 ) -> MlorcStatus {
     guard("mlorc_state_write_buffer", || {
         let name = buffer_name(name)?;
-        let src = caller_slice(src, count, "src")?;
-        with_state(state, |s| s.write_buffer(name, src))
+        with_state(state, |s| {
+            if s.is_cuda() {
+                if src.is_null() {
+                    return invalid!("src is NULL");
+                }
+                return s.copy_buffer_device(name, src as u64, count, false);
+            }
+            s.write_buffer(name, caller_slice(src, count, "src")?)
+        })
     })
 }
 
@@ -218,7 +232,10 @@ pub extern "C" fn mlorc_state_write_buffer(
 #[no_mangle]
 pub extern "C" fn mlorc_state_save_size(state: *const MlorcState, size: *mut usize) -> MlorcStatus {
     guard("mlorc_state_save_size", || {
-        let value = with_state(state, |s| Ok(checkpoint::saved_size(s)))?;
+        let value = with_state(state, |s| {
+            refuse_cuda_checkpoint(s)?;
+            Ok(checkpoint::saved_size(s))
+        })?;
         write_out(size, value, "size")
     })
 }
@@ -238,7 +255,10 @@ pub extern "C" fn mlorc_state_save(
             return invalid!("written is NULL");
         }
         let out = caller_slice_mut(dst as *mut u8, capacity, "dst")?;
-        let size = with_state(state, |s| checkpoint::save(s, out))?;
+        let size = with_state(state, |s| {
+            refuse_cuda_checkpoint(s)?;
+            checkpoint::save(s, out)
+        })?;
         write_out(written, size, "written")
     })
 }
@@ -251,6 +271,19 @@ pub extern "C" fn mlorc_state_save(
 pub extern "C" fn mlorc_state_load(state: *mut MlorcState, src: *const c_void, size: usize) -> MlorcStatus {
     guard("mlorc_state_load", || {
         let bytes = caller_slice(src as *const u8, size, "src")?;
-        with_state(state, |s| checkpoint::load(s, bytes))
+        with_state(state, |s| {
+            refuse_cuda_checkpoint(s)?;
+            checkpoint::load(s, bytes)
+        })
     })
+}
+
+/// Checkpoints of CUDA states are not implemented yet (they need device copies of each buffer).
+fn refuse_cuda_checkpoint(s: &State) -> crate::error::Result<()> {
+    if s.is_cuda() {
+        return Err(crate::error::Error::Unsupported(
+            "checkpoints of CUDA states are not implemented yet: copy the buffers with mlorc_state_read_buffer".into(),
+        ));
+    }
+    Ok(())
 }

@@ -1,0 +1,787 @@
+// MLorc CUDA kernels, compiled at run time by NVRTC (src/cuda/module.rs) for the device's own
+// SM. They mirror the CPU backend (src/cpu/, src/step.rs, src/linalg.rs, src/rng.rs,
+// src/dtype.rs) operation by operation: compiled with --fmad=false, every product and sum is
+// rounded exactly as the CPU's (which never contracts), so only the order of the long
+// reductions differs (see src/cuda/mirror.rs, which replays that order on the CPU).
+//
+// The launch geometry constants (SK_ROWS, SK_THREADS, PJ_COLS, PJ_SLABS, ...) are defined by
+// the host through -D options, from src/cuda/launch.rs: one source of truth for the kernels and
+// the CPU mirror.
+//
+// Every kernel reads Ctrl.skip (set by mlorc_prepare from *found_inf and the validity of lr and
+// grad_scale) and returns at once when it is set, so a skipped step changes nothing, the step
+// counter in Ctrl included. Nothing here allocates; no kernel needs a host synchronisation.
+
+typedef unsigned long long u64;
+typedef unsigned int u32;
+typedef unsigned short u16;
+
+#ifndef SK_ROWS
+#error "SK_ROWS must be defined by the host"
+#endif
+
+#define DTYPE_F32 0
+#define DTYPE_F16 1
+#define DTYPE_BF16 2
+
+#define STREAM_ROUNDING 2u
+
+#define MAX_MOMENTS 2
+
+// ---------------------------------------------------------------------------------------------
+// Shared structs: byte-for-byte the #[repr(C)] structs of src/cuda/launch.rs.
+
+// Per-state control block in device memory.
+struct Ctrl {
+    u64 step;          // steps taken (found_inf steps excluded)
+    u64 t;             // the step being taken (step + 1)
+    u64 seed;
+    u32 skip;          // 1: this step changes nothing
+    u32 error;         // sticky flags: 1 = bad *lr, 2 = bad *grad_scale
+    u32 stochastic;    // stochastic rounding of f16/bf16 parameters
+    u32 adamw;         // 1 AdamW, 0 Lion
+    float lr;
+    float decay;       // 1 - lr * weight_decay
+    float step_size;   // AdamW: lr / (1 - beta1^t); Lion: lr
+    float bc2sqrt;     // AdamW: sqrt(1 - beta2^t)
+    float eps;
+    float beta1;
+    float beta2;
+    float grad_factor; // 1 / grad_scale
+    float fill;        // negative fill of the second moment (AdamW)
+    u32 pad;
+};
+
+// Hyperparameters of one step, by value.
+struct Hyper {
+    double lr;
+    double beta1;
+    double beta2;
+    double eps;
+    double weight_decay;
+    u64 seed;
+    u32 bias_correction;
+    u32 stochastic;
+    u32 adamw;
+    u32 pad;
+};
+
+// The state's device memory, by value (pointers of the workspace are fixed for a state's life).
+struct Ptrs {
+    float* u[MAX_MOMENTS];   // m x r
+    float* s[MAX_MOMENTS];   // r
+    float* v[MAX_MOMENTS];   // n x r
+    float* vt[MAX_MOMENTS];  // r x n: the old V, transposed at the start of a step
+    float* xt[MAX_MOMENTS];  // k x n: sketch input (Omega), row l = column l
+    float* yt[MAX_MOMENTS];  // k x m: sketch Y, then Q = orth(Y)
+    float* bt[MAX_MOMENTS];  // k x n: B = Q^T A (row l = column l of B^T)
+    float* part;             // PJ_GRID_SLABS x moments x k x n: projection partial sums
+    double* dwork;           // moments x k x max(m, n): f64 copy for orthonormalization
+    double* small;           // moments x (2 k^2 + k): gram / eigenvectors, sigma
+    double* negp;            // NEG_BLOCKS x 2: negative-fill partials (sum, count)
+    u32 m, n, r, k;
+    u32 moments;
+    u32 grid_slabs;          // row slabs across the grid of the projection
+};
+
+struct Io {
+    void* param;
+    const void* grad;
+    u32 param_dtype;
+    u32 grad_dtype;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Philox4x32-10 and Box-Muller: src/rng.rs.
+
+__device__ __forceinline__ void philox4x32_10(u32 c[4], u32 k0, u32 k1) {
+    const u32 M0 = 0xD2511F53u, M1 = 0xCD9E8D57u, W0 = 0x9E3779B9u, W1 = 0xBB67AE85u;
+    for (int round = 0; round < 10; ++round) {
+        if (round > 0) {
+            k0 += W0;
+            k1 += W1;
+        }
+        u32 hi0 = __umulhi(M0, c[0]), lo0 = M0 * c[0];
+        u32 hi1 = __umulhi(M1, c[2]), lo1 = M1 * c[2];
+        u32 n0 = hi1 ^ c[1] ^ k0, n1 = lo1, n2 = hi0 ^ c[3] ^ k1, n3 = lo0;
+        c[0] = n0; c[1] = n1; c[2] = n2; c[3] = n3;
+    }
+}
+
+__device__ __forceinline__ void philox_draw(u64 index, u64 step, u32 stream, u64 seed, u32 out[4]) {
+    out[0] = (u32)index;
+    out[1] = (u32)(index >> 32);
+    out[2] = (u32)step;
+    out[3] = ((u32)(step >> 32) & 0x00FFFFFFu) | (stream << 24);
+    philox4x32_10(out, (u32)seed, (u32)(seed >> 32));
+}
+
+__device__ __forceinline__ void box_muller(u32 a, u32 b, double* z0, double* z1) {
+    double u1 = ((double)a + 1.0) * (1.0 / 4294967296.0);
+    double u2 = (double)b * (1.0 / 4294967296.0);
+    double radius = sqrt(-2.0 * log(u1));
+    double s, c;
+    sincos(6.283185307179586 * u2, &s, &c);
+    *z0 = radius * c;
+    *z1 = radius * s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Element types: src/dtype.rs.
+
+__device__ __forceinline__ float f16_to_f32(u16 h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+__device__ __forceinline__ u16 f32_to_f16(float x) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(x));
+    return h;
+}
+
+__device__ __forceinline__ float bf16_to_f32(u16 b) { return __uint_as_float(((u32)b) << 16); }
+
+// half::bf16::from_f32: round to nearest even, NaN kept quiet.
+__device__ __forceinline__ u16 f32_to_bf16(float x) {
+    u32 bits = __float_as_uint(x);
+    if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return (u16)((bits >> 16) | 0x0040u);
+    const u32 round_bit = 0x00008000u;
+    if ((bits & round_bit) != 0 && (bits & (3u * round_bit - 1u)) != 0) return (u16)((bits >> 16) + 1u);
+    return (u16)(bits >> 16);
+}
+
+__device__ __forceinline__ float load_elem(const void* p, u32 dtype, u64 e) {
+    if (dtype == DTYPE_F32) return ((const float*)p)[e];
+    u16 bits = ((const u16*)p)[e];
+    return dtype == DTYPE_F16 ? f16_to_f32(bits) : bf16_to_f32(bits);
+}
+
+__device__ __forceinline__ float bits16_to_f32(u16 bits, u32 dtype) {
+    return dtype == DTYPE_F16 ? f16_to_f32(bits) : bf16_to_f32(bits);
+}
+
+__device__ __forceinline__ u16 nearest_bits16(float x, u32 dtype) {
+    return dtype == DTYPE_F16 ? f32_to_f16(x) : f32_to_bf16(x);
+}
+
+__device__ __forceinline__ u16 neighbour_bits16(u16 bits, bool up) {
+    bool negative = (bits & 0x8000u) != 0;
+    u16 magnitude = bits & 0x7FFFu;
+    if ((up && !negative) || (!up && negative)) return (u16)(bits + 1);
+    if (up && negative && magnitude == 0) return 0x0001u;
+    if (!up && !negative && magnitude == 0) return 0x8001u;
+    return (u16)(bits - 1);
+}
+
+// dtype::round_stochastic.
+__device__ u16 round_stochastic(float x, u32 dtype, u32 random) {
+    u16 nearest = nearest_bits16(x, dtype);
+    float nearest_value = bits16_to_f32(nearest, dtype);
+    if (!isfinite(x) || !isfinite(nearest_value) || nearest_value == x) return nearest;
+    u16 other = neighbour_bits16(nearest, nearest_value < x);
+    float other_value = bits16_to_f32(other, dtype);
+    if (!isfinite(other_value)) return nearest;
+    float lo, hi;
+    u16 lo_bits, hi_bits;
+    if (nearest_value < other_value) {
+        lo = nearest_value; hi = other_value; lo_bits = nearest; hi_bits = other;
+    } else {
+        lo = other_value; hi = nearest_value; lo_bits = other; hi_bits = nearest;
+    }
+    double p_up = ((double)x - (double)lo) / ((double)hi - (double)lo);
+    double u = (double)(random >> 8) * (1.0 / 16777216.0);
+    return u < p_up ? hi_bits : lo_bits;
+}
+
+// dtype::store for one element e.
+__device__ __forceinline__ void store_elem(void* p, u32 dtype, u64 e, float x, const Ctrl* c) {
+    if (dtype == DTYPE_F32) {
+        ((float*)p)[e] = x;
+        return;
+    }
+    u16 bits;
+    if (c->stochastic) {
+        u32 words[4];
+        philox_draw(e / 4, c->t, STREAM_ROUNDING, c->seed, words);
+        bits = round_stochastic(x, dtype, words[e % 4]);
+    } else {
+        bits = nearest_bits16(x, dtype);
+    }
+    ((u16*)p)[e] = bits;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Step arithmetic: StepScalars (src/step.rs) and MomentTerms (src/cpu/tile.rs).
+
+__device__ __forceinline__ float sign_of(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f); }
+
+__device__ __forceinline__ float adamw_update(const Ctrl* c, float w, float m, float v) {
+    float denom = sqrtf(v) / c->bc2sqrt + c->eps;
+    return w * c->decay - c->step_size * (m / denom);
+}
+
+__device__ __forceinline__ float lion_update(const Ctrl* c, float w, float m_old, float g) {
+    float b = c->beta1, omb = 1.0f - c->beta1;
+    float cc = b * m_old + omb * g;
+    return w * c->decay - c->lr * sign_of(cc);
+}
+
+// (beta, 1 - beta) of moment mo: StepScalars::moment_mix.
+__device__ __forceinline__ float moment_beta(const Ctrl* c, u32 mo) {
+    return (c->adamw && mo == 0) ? c->beta1 : c->beta2;
+}
+
+// Row i, column j of U diag(S) V^T from u*s (row i, in `us`, r values) and the transposed V.
+__device__ __forceinline__ float rebuild(const float* us, const float* vt, u32 r, u32 n, u32 j) {
+    float out = 0.0f;
+    for (u32 l = 0; l < r; ++l) out += us[l] * vt[(u64)l * n + j];
+    return out;
+}
+
+// MomentTerms::step8 for one element: the fixed old value and the new moment.
+__device__ __forceinline__ void moment_step(const Ctrl* c, u32 mo, float rebuilt, float g, float* old_out, float* new_out) {
+    float old = rebuilt;
+    if (c->adamw && mo == 1) old = old < 0.0f ? c->fill : old;
+    float beta = moment_beta(c, mo);
+    float weight = 1.0f - beta;
+    float h = (c->adamw && mo == 1) ? g * g : g;
+    *old_out = old;
+    *new_out = beta * old + weight * h;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixed-order reductions. Warp: shuffle-down tree with offsets 16, 8, 4, 2, 1 (lane 0 ends with
+// the total); block: warp totals added in warp order by thread 0. src/cuda/mirror.rs replays
+// both orders.
+
+__device__ __forceinline__ float warp_sum_f32(float x) {
+    for (int off = 16; off > 0; off >>= 1) x += __shfl_down_sync(0xFFFFFFFFu, x, off);
+    return x;
+}
+
+__device__ __forceinline__ double warp_sum_f64(double x) {
+    for (int off = 16; off > 0; off >>= 1) x += __shfl_down_sync(0xFFFFFFFFu, x, off);
+    return x;
+}
+
+// Block sum of f64 values (blockDim.x a multiple of 32, at most 1024); every thread gets the
+// total. `scratch` holds 33 doubles of shared memory. Contains __syncthreads: call uniformly.
+__device__ double block_sum_f64(double x, double* scratch) {
+    u32 lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
+    x = warp_sum_f64(x);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = x;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double t = scratch[0];
+        for (u32 w = 1; w < (blockDim.x >> 5); ++w) t += scratch[w];
+        scratch[32] = t;
+    }
+    __syncthreads();
+    return scratch[32];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Step prologue and epilogue.
+
+// One thread: reads *found_inf, *grad_scale and *lr on the device, computes the step's scalars
+// as StepScalars::new does (f64, then f32).
+extern "C" __global__ void mlorc_prepare(Ctrl* c, Hyper h, const float* lr_ptr, const float* grad_scale, const float* found_inf) {
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    u32 skip = 0, error = 0;
+    if (found_inf != 0 && *found_inf != 0.0f) skip = 1;
+    double lr = lr_ptr != 0 ? (double)*lr_ptr : h.lr;
+    if (!skip && !(isfinite(lr) && lr >= 0.0)) { skip = 1; error |= 1u; }
+    float grad_factor = 1.0f;
+    if (!skip && grad_scale != 0) {
+        float s = *grad_scale;
+        if (isfinite(s) && s > 0.0f) grad_factor = 1.0f / s;
+        else { skip = 1; error |= 2u; }
+    }
+    u64 t = c->step + 1;
+    double step_size = lr, bc2 = 1.0;
+    if (h.adamw && h.bias_correction) {
+        double bc1 = 1.0 - pow(h.beta1, (double)t);
+        double b2 = 1.0 - pow(h.beta2, (double)t);
+        step_size = lr / bc1;
+        bc2 = sqrt(b2);
+    }
+    c->t = t;
+    c->seed = h.seed;
+    c->skip = skip;
+    c->error |= error;
+    c->stochastic = h.stochastic;
+    c->adamw = h.adamw;
+    c->lr = (float)lr;
+    c->decay = (float)(1.0 - lr * h.weight_decay);
+    c->step_size = (float)step_size;
+    c->bc2sqrt = (float)bc2;
+    c->eps = (float)h.eps;
+    c->beta1 = (float)h.beta1;
+    c->beta2 = (float)h.beta2;
+    c->grad_factor = grad_factor;
+    c->fill = 0.0f;
+}
+
+// One thread: the step is taken.
+extern "C" __global__ void mlorc_finish(Ctrl* c) {
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    if (!c->skip) c->step = c->t;
+}
+
+// ---------------------------------------------------------------------------------------------
+// DENSE layout: plain AdamW / Lion (src/cpu/dense.rs), one element per thread, grid-stride.
+
+extern "C" __global__ void mlorc_dense(const Ctrl* c, Io io, float* m, float* v, u64 len) {
+    if (c->skip) return;
+    for (u64 e = (u64)blockIdx.x * blockDim.x + threadIdx.x; e < len; e += (u64)gridDim.x * blockDim.x) {
+        float g = load_elem(io.grad, io.grad_dtype, e) * c->grad_factor;
+        float w = load_elem(io.param, io.param_dtype, e);
+        float b1 = moment_beta(c, 0), w1 = 1.0f - b1;
+        if (c->adamw) {
+            float b2 = moment_beta(c, 1), w2 = 1.0f - b2;
+            float mm = b1 * m[e] + w1 * g;
+            float vv = b2 * v[e] + w2 * (g * g);
+            m[e] = mm;
+            v[e] = vv;
+            w = adamw_update(c, w, mm, vv);
+        } else {
+            float mm = m[e];
+            w = lion_update(c, w, mm, g);
+            m[e] = b1 * mm + w1 * g;
+        }
+        store_elem(io.param, io.param_dtype, e, w, c);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// FACTORED layout, start of a step.
+
+// vt[mo][l][j] = v[mo][j][l].
+extern "C" __global__ void mlorc_transpose_v(const Ctrl* c, Ptrs p) {
+    if (c->skip) return;
+    u64 total = (u64)p.moments * p.r * p.n;
+    for (u64 e = (u64)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (u64)gridDim.x * blockDim.x) {
+        u32 mo = (u32)(e / ((u64)p.r * p.n));
+        u64 rest = e % ((u64)p.r * p.n);
+        u32 l = (u32)(rest / p.n), j = (u32)(rest % p.n);
+        p.vt[mo][rest] = p.v[mo][(u64)j * p.r + l];
+    }
+}
+
+// Negative fill of the second moment, stage 1: NEG_BLOCKS blocks of NEG_THREADS threads; block
+// b takes rows b, b + NEG_BLOCKS, ...; thread t columns t, t + NEG_THREADS, ... Each thread
+// sums |x| (f32) and counts the negative entries; the block adds the threads' sums in f64.
+extern "C" __global__ void mlorc_negative_partial(const Ctrl* c, Ptrs p) {
+    __shared__ double scratch[33];
+    if (c->skip) return;
+    const u32 mo = 1, r = p.r, n = p.n;
+    float sum = 0.0f;
+    u32 count = 0;
+    for (u32 i = blockIdx.x; i < p.m; i += gridDim.x) {
+        float us[64];
+        // Rows are rebuilt with r <= 64 held in registers; larger ranks read u and s directly.
+        const float* urow = p.u[mo] + (u64)i * r;
+        if (r <= 64) {
+            for (u32 l = 0; l < r; ++l) us[l] = urow[l] * p.s[mo][l];
+        }
+        for (u32 j = threadIdx.x; j < n; j += blockDim.x) {
+            float x = 0.0f;
+            if (r <= 64) {
+                x = rebuild(us, p.vt[mo], r, n, j);
+            } else {
+                for (u32 l = 0; l < r; ++l) x += (urow[l] * p.s[mo][l]) * p.vt[mo][(u64)l * n + j];
+            }
+            bool negative = x < 0.0f;
+            sum += negative ? -x : 0.0f;
+            count += negative ? 1u : 0u;
+        }
+    }
+    double bsum = block_sum_f64((double)sum, scratch);
+    double bcount = block_sum_f64((double)count, scratch);
+    if (threadIdx.x == 0) {
+        p.negp[2 * blockIdx.x] = bsum;
+        p.negp[2 * blockIdx.x + 1] = bcount;
+    }
+}
+
+// Stage 2, one thread: blocks added in order; c = sum / count (0 when there is no negative).
+extern "C" __global__ void mlorc_negative_final(Ctrl* c, Ptrs p, u32 blocks) {
+    if (blockIdx.x != 0 || threadIdx.x != 0 || c->skip) return;
+    double sum = 0.0, count = 0.0;
+    for (u32 b = 0; b < blocks; ++b) {
+        sum += p.negp[2 * b];
+        count += p.negp[2 * b + 1];
+    }
+    c->fill = count == 0.0 ? 0.0f : (float)(sum / count);
+}
+
+// Omega of every moment: xt[mo][l][j] is normal number j % 4 of Philox block (l << 32 | j / 4)
+// at (seed, t, stream mo). One thread per (moment, l, block of four columns).
+extern "C" __global__ void mlorc_omega(const Ctrl* c, Ptrs p) {
+    if (c->skip) return;
+    u32 blocks4 = (p.n + 3) / 4;
+    u64 total = (u64)p.moments * p.k * blocks4;
+    for (u64 e = (u64)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (u64)gridDim.x * blockDim.x) {
+        u32 mo = (u32)(e / ((u64)p.k * blocks4));
+        u64 rest = e % ((u64)p.k * blocks4);
+        u32 l = (u32)(rest / blocks4), b = (u32)(rest % blocks4);
+        u32 words[4];
+        philox_draw(((u64)l << 32) | b, c->t, mo, c->seed, words);
+        double z[4];
+        box_muller(words[0], words[1], &z[0], &z[1]);
+        box_muller(words[2], words[3], &z[2], &z[3]);
+        for (u32 q = 0; q < 4; ++q) {
+            u32 j = 4 * b + q;
+            if (j < p.n) p.xt[mo][(u64)l * p.n + j] = (float)z[q];
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sketch pass: Y[:, l0 .. l0+KC] = A X[:, l0 .. l0+KC] for every moment. Block b takes rows
+// SK_ROWS*b .. SK_ROWS*b + SK_ROWS - 1; thread t (SK_THREADS per block) columns t, t + SK_THREADS,
+// ... in order, accumulating each (row, moment, l) in f32; then the block sum (warp tree, warps
+// in order). `use_bt`: X is B^T (a power iteration), else Omega.
+
+template <int KC>
+__device__ void sketch_impl(const Ctrl* c, Ptrs p, Io io, u32 l0, u32 use_bt) {
+    extern __shared__ float sk_shared[];  // SK_ROWS * moments * r floats: u * s of the rows
+    __shared__ float warp_part[SK_THREADS / 32];
+    if (c->skip) return;
+    const u32 m = p.m, n = p.n, r = p.r, k = p.k, moments = p.moments;
+    const u32 i0 = blockIdx.x * SK_ROWS;
+    for (u32 e = threadIdx.x; e < SK_ROWS * moments * r; e += blockDim.x) {
+        u32 row = e / (moments * r), rest = e % (moments * r);
+        u32 mo = rest / r, l = rest % r;
+        u32 i = i0 + row;
+        sk_shared[e] = i < m ? p.u[mo][(u64)i * r + l] * p.s[mo][l] : 0.0f;
+    }
+    __syncthreads();
+    float acc[SK_ROWS][MAX_MOMENTS][KC];
+    for (int a = 0; a < SK_ROWS; ++a)
+        for (int b = 0; b < MAX_MOMENTS; ++b)
+            for (int q = 0; q < KC; ++q) acc[a][b][q] = 0.0f;
+    for (u32 j = threadIdx.x; j < n; j += SK_THREADS) {
+        float x[MAX_MOMENTS][KC];
+        for (u32 mo = 0; mo < MAX_MOMENTS; ++mo) {
+            const float* src = use_bt ? p.bt[mo < moments ? mo : 0] : p.xt[mo < moments ? mo : 0];
+            for (int q = 0; q < KC; ++q)
+                x[mo][q] = (mo < moments && l0 + q < k) ? src[(u64)(l0 + q) * n + j] : 0.0f;
+        }
+        for (int row = 0; row < SK_ROWS; ++row) {
+            u32 i = i0 + row;
+            if (i >= m) break;
+            float g = load_elem(io.grad, io.grad_dtype, (u64)i * n + j) * c->grad_factor;
+            for (u32 mo = 0; mo < moments; ++mo) {
+                float rebuilt = rebuild(sk_shared + (row * moments + mo) * r, p.vt[mo], r, n, j);
+                float old, a;
+                moment_step(c, mo, rebuilt, g, &old, &a);
+                for (int q = 0; q < KC; ++q) acc[row][mo][q] += a * x[mo][q];
+            }
+        }
+    }
+    const u32 lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
+    for (int row = 0; row < SK_ROWS; ++row) {
+        for (u32 mo = 0; mo < moments; ++mo) {
+            for (int q = 0; q < KC; ++q) {
+                float w = warp_sum_f32(acc[row][mo][q]);
+                __syncthreads();
+                if (lane == 0) warp_part[warp] = w;
+                __syncthreads();
+                if (threadIdx.x == 0) {
+                    float t = warp_part[0];
+                    for (u32 ww = 1; ww < SK_THREADS / 32; ++ww) t += warp_part[ww];
+                    u32 i = i0 + row;
+                    if (i < m && l0 + q < k) p.yt[mo][(u64)(l0 + q) * m + i] = t;
+                }
+            }
+        }
+    }
+}
+
+#define SKETCH_KERNEL(KC) \
+    extern "C" __global__ void __launch_bounds__(SK_THREADS) mlorc_sketch_k##KC(const Ctrl* c, Ptrs p, Io io, u32 l0, u32 use_bt) { \
+        sketch_impl<KC>(c, p, io, l0, use_bt); \
+    }
+SKETCH_KERNEL(1)
+SKETCH_KERNEL(2)
+SKETCH_KERNEL(4)
+SKETCH_KERNEL(8)
+
+// ---------------------------------------------------------------------------------------------
+// Projection pass: B^T[:, l0 .. l0+KC] = A^T Q[:, l0 .. l0+KC] for every moment, and (with
+// `update`, only in the launch with l0 == 0) the weight update of every element in place.
+// Block (bx, by) has PJ_COLS x PJ_SLABS threads: thread (tx, ty) owns column j = PJ_COLS*bx + tx
+// and row slab s = PJ_SLABS*by + ty of S = PJ_SLABS * grid_slabs slabs, each of
+// ceil(m / S) consecutive rows summed in order. The block adds its slabs in order (ty = 0, 1,
+// ...) into part[by]; mlorc_project_reduce adds part[0], part[1], ... in order.
+
+template <int KC>
+__device__ void project_impl(const Ctrl* c, Ptrs p, Io io, u32 l0, u32 update) {
+    __shared__ float red[PJ_SLABS][PJ_COLS];
+    if (c->skip) return;
+    const u32 m = p.m, n = p.n, r = p.r, k = p.k, moments = p.moments;
+    const u32 tx = threadIdx.x, ty = threadIdx.y;
+    const u32 j = blockIdx.x * PJ_COLS + tx;
+    const u32 slabs = PJ_SLABS * p.grid_slabs;
+    const u32 slab = blockIdx.y * PJ_SLABS + ty;
+    const u32 rows_per_slab = (m + slabs - 1) / slabs;
+    const u32 row_begin = min(m, slab * rows_per_slab), row_end = min(m, row_begin + rows_per_slab);
+    float acc[MAX_MOMENTS][KC];
+    for (int b = 0; b < MAX_MOMENTS; ++b)
+        for (int q = 0; q < KC; ++q) acc[b][q] = 0.0f;
+    if (j < n) {
+        for (u32 i = row_begin; i < row_end; ++i) {
+            u64 e = (u64)i * n + j;
+            float g = load_elem(io.grad, io.grad_dtype, e) * c->grad_factor;
+            float olds[MAX_MOMENTS], news[MAX_MOMENTS];
+            for (u32 mo = 0; mo < moments; ++mo) {
+                const float* urow = p.u[mo] + (u64)i * r;
+                float rebuilt = 0.0f;
+                for (u32 l = 0; l < r; ++l) rebuilt += (urow[l] * p.s[mo][l]) * p.vt[mo][(u64)l * n + j];
+                moment_step(c, mo, rebuilt, g, &olds[mo], &news[mo]);
+                for (int q = 0; q < KC; ++q) {
+                    float ql = l0 + q < k ? p.yt[mo][(u64)(l0 + q) * m + i] : 0.0f;
+                    acc[mo][q] += ql * news[mo];
+                }
+            }
+            if (update) {
+                float w = load_elem(io.param, io.param_dtype, e);
+                w = c->adamw ? adamw_update(c, w, news[0], news[1]) : lion_update(c, w, olds[0], g);
+                store_elem(io.param, io.param_dtype, e, w, c);
+            }
+        }
+    }
+    for (u32 mo = 0; mo < moments; ++mo) {
+        for (int q = 0; q < KC; ++q) {
+            __syncthreads();
+            red[ty][tx] = acc[mo][q];
+            __syncthreads();
+            if (ty == 0 && j < n && l0 + q < k) {
+                float t = red[0][tx];
+                for (u32 y = 1; y < PJ_SLABS; ++y) t += red[y][tx];
+                p.part[(((u64)blockIdx.y * moments + mo) * k + (l0 + q)) * n + j] = t;
+            }
+        }
+    }
+}
+
+#define PROJECT_KERNEL(KC) \
+    extern "C" __global__ void __launch_bounds__(PJ_COLS * PJ_SLABS) mlorc_project_k##KC(const Ctrl* c, Ptrs p, Io io, u32 l0, u32 update) { \
+        project_impl<KC>(c, p, io, l0, update); \
+    }
+PROJECT_KERNEL(1)
+PROJECT_KERNEL(2)
+PROJECT_KERNEL(4)
+PROJECT_KERNEL(8)
+
+// bt[mo][l][j] = part[0][mo][l][j] + part[1][mo][l][j] + ... in order.
+extern "C" __global__ void mlorc_project_reduce(const Ctrl* c, Ptrs p) {
+    if (c->skip) return;
+    u64 total = (u64)p.moments * p.k * p.n;
+    for (u64 e = (u64)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (u64)gridDim.x * blockDim.x) {
+        float t = p.part[e];
+        for (u32 s = 1; s < p.grid_slabs; ++s) t += p.part[(u64)s * total + e];
+        u32 mo = (u32)(e / ((u64)p.k * p.n));
+        p.bt[mo][e % ((u64)p.k * p.n)] = t;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small factorizations, one block per moment (linalg.rs).
+
+#define DEPENDENT_COLUMN_TOL (32.0 * 1.1920928955078125e-7)
+#define SINGULAR_VALUE_TOL 1e-6
+
+// Columns of a k x len column-contiguous f32 matrix (yt: len = m, or bt: len = n) made
+// orthonormal in place by CGS2 in f64 (linalg::orthonormalize_columns): dependent columns
+// become zero. Block = ORTH_THREADS threads, blockIdx.x = moment. `which`: 0 = yt, 1 = bt.
+extern "C" __global__ void __launch_bounds__(ORTH_THREADS) mlorc_orthonormalize(const Ctrl* c, Ptrs p, u32 which) {
+    __shared__ double scratch[33];
+    __shared__ double scale_sh;
+    if (c->skip) return;
+    const u32 mo = blockIdx.x, k = p.k;
+    const u32 len = which == 0 ? p.m : p.n;
+    float* a = which == 0 ? p.yt[mo] : p.bt[mo];
+    const u32 stride_max = p.m > p.n ? p.m : p.n;
+    double* cols = p.dwork + (u64)mo * k * stride_max;
+    // kept[l] lives in the small workspace's sigma slot: 1.0 kept, 0.0 not.
+    double* kept = p.small + (u64)mo * (2 * (u64)k * k + k) + 2 * (u64)k * k;
+    for (u64 e = threadIdx.x; e < (u64)k * len; e += blockDim.x) cols[e] = (double)a[e];
+    __syncthreads();
+    double scale = 0.0;
+    for (u32 l = 0; l < k; ++l) {
+        double part = 0.0;
+        for (u32 i = threadIdx.x; i < len; i += blockDim.x) part += cols[(u64)l * len + i] * cols[(u64)l * len + i];
+        double nrm = sqrt(block_sum_f64(part, scratch));
+        scale = fmax(scale, nrm);
+    }
+    if (threadIdx.x == 0) scale_sh = scale;
+    __syncthreads();
+    const double threshold = DEPENDENT_COLUMN_TOL * scale_sh;
+    for (u32 l = 0; l < k; ++l) {
+        double* x = cols + (u64)l * len;
+        for (int pass = 0; pass < 2; ++pass) {
+            for (u32 b = 0; b < l; ++b) {
+                if (kept[b] == 0.0) continue;
+                const double* q = cols + (u64)b * len;
+                double part = 0.0;
+                for (u32 i = threadIdx.x; i < len; i += blockDim.x) part += q[i] * x[i];
+                double d = block_sum_f64(part, scratch);
+                for (u32 i = threadIdx.x; i < len; i += blockDim.x) x[i] -= d * q[i];
+                __syncthreads();
+            }
+        }
+        double part = 0.0;
+        for (u32 i = threadIdx.x; i < len; i += blockDim.x) part += x[i] * x[i];
+        double nrm = sqrt(block_sum_f64(part, scratch));
+        bool keep = nrm > threshold && nrm > 0.0;
+        for (u32 i = threadIdx.x; i < len; i += blockDim.x) x[i] = keep ? x[i] / nrm : 0.0;
+        if (threadIdx.x == 0) kept[l] = keep ? 1.0 : 0.0;
+        __syncthreads();
+    }
+    for (u64 e = threadIdx.x; e < (u64)k * len; e += blockDim.x) a[e] = (float)cols[e];
+}
+
+// Total order of f64 (f64::total_cmp) as a signed integer key.
+__device__ __forceinline__ long long total_key(double x) {
+    long long b = __double_as_longlong(x);
+    return b ^ (long long)(((unsigned long long)(b >> 63)) >> 1);
+}
+
+// Gram matrix B B^T (k x k, f64) from bt, its eigen-decomposition by cyclic Jacobi
+// (linalg::symmetric_eigen, same rotation sequence), sorted descending (ties by index), and the
+// kept singular values: s[mo] written, small = [vectors k x k | work k x k | sigma k].
+extern "C" __global__ void __launch_bounds__(ORTH_THREADS) mlorc_gram_eigen(const Ctrl* c, Ptrs p) {
+    __shared__ double scratch[33];
+    __shared__ int go;
+    if (c->skip) return;
+    const u32 mo = blockIdx.x, k = p.k, n = p.n, r = p.r;
+    const float* bt = p.bt[mo];
+    double* base = p.small + (u64)mo * (2 * (u64)k * k + k);
+    double* vecs = base;            // sorted eigenvectors (columns)
+    double* a = base + (u64)k * k;  // Gram, then rotated in place
+    double* sigma = base + 2 * (u64)k * k;
+    double* w = p.dwork + (u64)mo * k * (p.m > p.n ? p.m : p.n);  // rotations accumulate here
+    for (u32 x = 0; x < k; ++x) {
+        for (u32 y = x; y < k; ++y) {
+            double part = 0.0;
+            for (u32 j = threadIdx.x; j < n; j += blockDim.x) part += (double)bt[(u64)x * n + j] * (double)bt[(u64)y * n + j];
+            double g = block_sum_f64(part, scratch);
+            if (threadIdx.x == 0) {
+                a[x * k + y] = g;
+                a[y * k + x] = g;
+            }
+        }
+    }
+    for (u32 e = threadIdx.x; e < k * k; e += blockDim.x) w[e] = (e / k == e % k) ? 1.0 : 0.0;
+    __syncthreads();
+    double total = 0.0;
+    if (threadIdx.x == 0)
+        for (u32 e = 0; e < k * k; ++e) total += a[e] * a[e];
+    for (int sweep = 0; sweep < 64; ++sweep) {
+        if (threadIdx.x == 0) {
+            double off = 0.0;
+            for (u32 i = 0; i < k; ++i)
+                for (u32 jj = 0; jj < k; ++jj)
+                    if (jj != i) off += a[i * k + jj] * a[i * k + jj];
+            go = !(off <= 1e-30 * total || off == 0.0);
+        }
+        __syncthreads();
+        if (!go) break;
+        for (u32 pp = 0; pp < k; ++pp) {
+            for (u32 q = pp + 1; q < k; ++q) {
+                double apq = a[pp * k + q];
+                double app = a[pp * k + pp], aqq = a[q * k + q];
+                __syncthreads();
+                if (apq == 0.0) continue;
+                double theta = (aqq - app) / (2.0 * apq);
+                double sgn = theta > 0.0 ? 1.0 : (theta < 0.0 ? -1.0 : 0.0);
+                // f64::signum gives 1 for +0.0; theta == 0 is handled below, so only the sign
+                // of a non-zero theta matters here.
+                double t = sgn / (fabs(theta) + sqrt(theta * theta + 1.0));
+                if (theta == 0.0) t = 1.0;
+                double cs = 1.0 / sqrt(t * t + 1.0);
+                double sn = t * cs;
+                for (u32 row = threadIdx.x; row < k; row += blockDim.x) {
+                    double arp = a[row * k + pp], arq = a[row * k + q];
+                    a[row * k + pp] = cs * arp - sn * arq;
+                    a[row * k + q] = sn * arp + cs * arq;
+                }
+                __syncthreads();
+                for (u32 col = threadIdx.x; col < k; col += blockDim.x) {
+                    double apr = a[pp * k + col], aqr = a[q * k + col];
+                    a[pp * k + col] = cs * apr - sn * aqr;
+                    a[q * k + col] = sn * apr + cs * aqr;
+                    double wrp = w[col * k + pp], wrq = w[col * k + q];
+                    w[col * k + pp] = cs * wrp - sn * wrq;
+                    w[col * k + q] = sn * wrp + cs * wrq;
+                }
+                __syncthreads();
+            }
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        // Stable selection of the order: by value descending (total order), ties by index.
+        // The order is kept in sigma[] temporarily as indices, then replaced by values.
+        for (u32 dst = 0; dst < k; ++dst) {
+            int best = -1;
+            for (u32 cand = 0; cand < k; ++cand) {
+                bool used = false;
+                for (u32 d2 = 0; d2 < dst; ++d2) used |= ((u32)sigma[d2] == cand);
+                if (used) continue;
+                if (best < 0 || total_key(a[cand * k + cand]) > total_key(a[best * k + best])) best = (int)cand;
+            }
+            sigma[dst] = (double)best;
+        }
+        for (u32 dst = 0; dst < k; ++dst) {
+            u32 src = (u32)sigma[dst];
+            for (u32 row = 0; row < k; ++row) vecs[row * k + dst] = w[row * k + src];
+        }
+        double top = 0.0;
+        for (u32 l = 0; l < k; ++l) {
+            u32 src = (u32)sigma[l];
+            w[l] = a[src * k + src];  // w is no longer needed: sorted eigenvalues
+        }
+        top = sqrt(fmax(w[0], 0.0));
+        for (u32 l = 0; l < k; ++l) {
+            double sl = sqrt(fmax(w[l], 0.0));
+            double kept = (l < r && sl > SINGULAR_VALUE_TOL * top && sl > 0.0) ? sl : 0.0;
+            sigma[l] = kept;
+            if (l < r) p.s[mo][l] = (float)kept;
+        }
+    }
+}
+
+// New factors: u[i][l] = sum_p Q[i][p] vecs[p][l], v[j][l] = (sum_p B^T[j][p] vecs[p][l]) / sigma[l]
+// (zero where sigma is 0). One thread per output element of every moment.
+extern "C" __global__ void mlorc_compose(const Ctrl* c, Ptrs p) {
+    if (c->skip) return;
+    const u32 m = p.m, n = p.n, r = p.r, k = p.k;
+    u64 per = (u64)(m + n) * r;
+    u64 total = per * p.moments;
+    for (u64 e = (u64)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (u64)gridDim.x * blockDim.x) {
+        u32 mo = (u32)(e / per);
+        u64 rest = e % per;
+        u32 row = (u32)(rest / r), l = (u32)(rest % r);
+        const double* base = p.small + (u64)mo * (2 * (u64)k * k + k);
+        const double* vecs = base;
+        double sl = base[2 * (u64)k * k + l];
+        if (row < m) {
+            double acc = 0.0;
+            if (sl > 0.0)
+                for (u32 q = 0; q < k; ++q) acc += (double)p.yt[mo][(u64)q * m + row] * vecs[q * k + l];
+            p.u[mo][(u64)row * r + l] = sl > 0.0 ? (float)acc : 0.0f;
+        } else {
+            u32 j = row - m;
+            double acc = 0.0;
+            if (sl > 0.0)
+                for (u32 q = 0; q < k; ++q) acc += (double)p.bt[mo][(u64)q * n + j] * vecs[q * k + l];
+            p.v[mo][(u64)j * r + l] = sl > 0.0 ? (float)(acc / sl) : 0.0f;
+        }
+    }
+}
