@@ -78,35 +78,6 @@ impl StepScalars {
         }
     }
 
-    /// AdamW on eight weights from the new moments M_t, V_t.
-    #[inline(always)]
-    pub fn update_adamw(&self, w: &mut [f32; 8], m: &[f32; 8], v: &[f32; 8]) {
-        for t in 0..8 {
-            let denom = v[t].sqrt() / self.bias_correction2_sqrt + self.eps;
-            w[t] = w[t] * self.decay - self.step_size * (m[t] / denom);
-        }
-    }
-
-    /// Lion on eight weights from the old moment M̃ and the gradient.
-    #[inline(always)]
-    pub fn update_lion(&self, w: &mut [f32; 8], m: &[f32; 8], g: &[f32; 8]) {
-        let (b, omb) = (self.beta1, self.one_minus_beta1);
-        for t in 0..8 {
-            let c = b * m[t] + omb * g[t];
-            w[t] = w[t] * self.decay - self.lr * sign(c);
-        }
-    }
-}
-
-#[inline(always)]
-fn sign(x: f32) -> f32 {
-    if x > 0.0 {
-        1.0
-    } else if x < 0.0 {
-        -1.0
-    } else {
-        0.0
-    }
 }
 
 /// The parameter and gradient of one step, as raw memory of the state's device.

@@ -6,6 +6,7 @@ use crate::config::Algorithm;
 use crate::dtype;
 use crate::step::{StepIo, StepScalars};
 
+use super::lanes::Lanes;
 use super::tile::{self, multiversion, F8, LANES, ZERO};
 use super::SharedPtr;
 
@@ -13,25 +14,27 @@ const BLOCK: usize = 4096;
 
 /// AdamW (with `v`) or Lion on whole groups of 8 lanes.
 #[inline(always)]
-fn step_groups(s: &StepScalars, m: &mut [F8], v: Option<&mut [F8]>, g: &[F8], w: &mut [F8]) {
+fn step_groups<S: Lanes>(s: &StepScalars, m: &mut [F8], v: Option<&mut [F8]>, g: &[F8], w: &mut [F8]) {
     let (b1, w1) = s.moment_mix(0);
+    let (b1, w1) = (S::splat(b1), S::splat(w1));
     match v {
         Some(v) => {
             let (b2, w2) = s.moment_mix(1);
+            let (b2, w2) = (S::splat(b2), S::splat(w2));
             for (((m8, v8), g8), w8) in m.iter_mut().zip(v.iter_mut()).zip(g).zip(w.iter_mut()) {
-                for t in 0..LANES {
-                    m8[t] = b1 * m8[t] + w1 * g8[t];
-                    v8[t] = b2 * v8[t] + w2 * (g8[t] * g8[t]);
-                }
-                s.update_adamw(w8, m8, v8);
+                let g = S::load(g8);
+                let m = S::add(S::mul(b1, S::load(m8)), S::mul(w1, g));
+                let v = S::add(S::mul(b2, S::load(v8)), S::mul(w2, S::mul(g, g)));
+                S::store(m, m8);
+                S::store(v, v8);
+                S::store(tile::update_adamw::<S>(s, S::load(w8), m, v), w8);
             }
         }
         None => {
             for ((m8, g8), w8) in m.iter_mut().zip(g).zip(w.iter_mut()) {
-                s.update_lion(w8, m8, g8);
-                for t in 0..LANES {
-                    m8[t] = b1 * m8[t] + w1 * g8[t];
-                }
+                let (g, m) = (S::load(g8), S::load(m8));
+                S::store(tile::update_lion::<S>(s, S::load(w8), m, g), w8);
+                S::store(S::add(S::mul(b1, m), S::mul(w1, g)), m8);
             }
         }
     }
@@ -39,7 +42,7 @@ fn step_groups(s: &StepScalars, m: &mut [F8], v: Option<&mut [F8]>, g: &[F8], w:
 
 multiversion! {
     /// Block `b` of the tensor: `m` (and `v` for AdamW) are the block's moments.
-    fn dense_block(s: &StepScalars, param: SharedPtr<u8>, grad: SharedPtr<u8>, io: &StepIo, b: usize, m: &mut [f32], v: Option<&mut [f32]>) {
+    fn dense_block<S>(s: &StepScalars, param: SharedPtr<u8>, grad: SharedPtr<u8>, io: &StepIo, b: usize, m: &mut [f32], v: Option<&mut [f32]>) {
         let offset = b * BLOCK;
         let n = m.len();
         let mut g = [0f32; BLOCK];
@@ -52,7 +55,7 @@ multiversion! {
         }
         let body = n - n % LANES;
         let mut v = v;
-        step_groups(
+        step_groups::<S>(
             s,
             tile::as_groups_mut(&mut m[..body]),
             v.as_deref_mut().map(|v| tile::as_groups_mut(&mut v[..body])),
@@ -69,7 +72,7 @@ multiversion! {
             };
             let (mut m8, g8, mut w8) = (pad(&m[body..]), pad(&g[body..]), pad(&w[body..]));
             let mut v8 = v.as_deref().map(|v| pad(&v[body..]));
-            step_groups(s, std::slice::from_mut(&mut m8), v8.as_mut().map(std::slice::from_mut), &[g8], std::slice::from_mut(&mut w8));
+            step_groups::<S>(s, std::slice::from_mut(&mut m8), v8.as_mut().map(std::slice::from_mut), &[g8], std::slice::from_mut(&mut w8));
             m[body..].copy_from_slice(&m8[..rest]);
             if let (Some(v), Some(v8)) = (v.as_deref_mut(), v8) {
                 v[body..].copy_from_slice(&v8[..rest]);

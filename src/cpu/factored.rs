@@ -11,6 +11,7 @@ use crate::linalg;
 use crate::rng::{self, Stream};
 use crate::step::{FactoredPasses, SketchInput, StepIo, StepScalars};
 
+use super::lanes::Lanes;
 use super::tile::{self, multiversion, MomentTerms, CHUNK, F8, GROUPS, LANES};
 use super::SharedPtr;
 
@@ -71,8 +72,7 @@ impl<'a> CpuFactored<'a> {
                 }
             }
             let (beta, weight) = scalars.moment_mix(moment);
-            let squared = plan.algorithm == Algorithm::AdamW && moment == 1;
-            terms.push(MomentTerms { us, vg, fill: None, beta, weight, squared });
+            terms.push(MomentTerms { us, vg, fill: 0.0, beta, weight });
             work.push(MomentWork {
                 u,
                 s,
@@ -83,7 +83,7 @@ impl<'a> CpuFactored<'a> {
             });
         }
         if plan.algorithm == Algorithm::AdamW {
-            terms[1].fill = Some(negative_fill(&terms[1], m, r, groups));
+            terms[1].fill = negative_fill(&terms[1], m, r, groups);
         }
         Ok(CpuFactored { plan, scalars, io, seed, terms, work })
     }
@@ -225,12 +225,12 @@ impl Source<'_> {
 
 multiversion! {
     /// Y rows of a block of rows, all moments: [row][moment][l].
-    fn sketch_rows(source: &Source, xgs: &[&[F8]], rows: std::ops::Range<usize>) -> Vec<f32> {
+    fn sketch_rows<S>(source: &Source, xgs: &[&[F8]], rows: std::ops::Range<usize>) -> Vec<f32> {
         macro_rules! fixed_width {
             ($($k:literal)*) => {
                 match source.k {
-                    $($k => sketch_rows_fixed::<$k>(source, xgs, rows),)*
-                    _ => sketch_rows_dyn(source, xgs, rows),
+                    $($k => sketch_rows_fixed::<S, $k>(source, xgs, rows),)*
+                    _ => sketch_rows_dyn::<S>(source, xgs, rows),
                 }
             };
         }
@@ -240,21 +240,26 @@ multiversion! {
 
 /// `sketch_rows` for a sketch width known at compile time: accumulators stay in registers.
 #[inline(always)]
-fn sketch_rows_fixed<const K: usize>(source: &Source, xgs: &[&[F8]], rows: std::ops::Range<usize>) -> Vec<f32> {
+fn sketch_rows_fixed<S: Lanes, const K: usize>(source: &Source, xgs: &[&[F8]], rows: std::ops::Range<usize>) -> Vec<f32> {
     let n = source.cols;
     let moments = source.moments.len();
     let mut out = vec![0f32; rows.len() * moments * K];
     let mut grad = [0f32; CHUNK];
     for (ri, i) in rows.enumerate() {
-        let mut acc = [[tile::ZERO; K]; 2];
-        for col0 in (0..n).step_by(CHUNK) {
-            let g = source.load_grad(i, col0, CHUNK.min(n - col0), &mut grad);
-            tile::sketch_chunk::<K>(source.moments, xgs, source.rank, i, col0 / LANES, g, &mut acc);
-        }
         let dst = &mut out[ri * moments * K..(ri + 1) * moments * K];
-        for mo in 0..moments {
+        // One moment at a time: only its K accumulators are live.
+        for (mo, (terms, xg)) in source.moments.iter().zip(xgs).enumerate() {
+            let mut acc = [S::zero(); K];
+            for col0 in (0..n).step_by(CHUNK) {
+                let g = source.load_grad(i, col0, CHUNK.min(n - col0), &mut grad);
+                if mo == 0 {
+                    tile::sketch_chunk::<S, K, false>(terms, xg, source.rank, i, col0 / LANES, g, &mut acc);
+                } else {
+                    tile::sketch_chunk::<S, K, true>(terms, xg, source.rank, i, col0 / LANES, g, &mut acc);
+                }
+            }
             for l in 0..K {
-                dst[mo * K + l] = tile::sum_lanes(&acc[mo][l]);
+                dst[mo * K + l] = tile::sum_lanes(&S::to_array(acc[l]));
             }
         }
     }
@@ -262,20 +267,27 @@ fn sketch_rows_fixed<const K: usize>(source: &Source, xgs: &[&[F8]], rows: std::
 }
 
 #[inline(always)]
-fn sketch_rows_dyn(source: &Source, xgs: &[&[F8]], rows: std::ops::Range<usize>) -> Vec<f32> {
+fn sketch_rows_dyn<S: Lanes>(source: &Source, xgs: &[&[F8]], rows: std::ops::Range<usize>) -> Vec<f32> {
     let (k, n) = (source.k, source.cols);
     let moments = source.moments.len();
     let mut out = vec![0f32; rows.len() * moments * k];
     let mut grad = [0f32; CHUNK];
-    let mut acc = vec![tile::ZERO; moments * k];
+    let mut acc = vec![tile::ZERO; k];
     for (ri, i) in rows.enumerate() {
-        acc.fill(tile::ZERO);
-        for col0 in (0..n).step_by(CHUNK) {
-            let g = source.load_grad(i, col0, CHUNK.min(n - col0), &mut grad);
-            tile::sketch_chunk_dyn(source.moments, xgs, source.rank, k, i, col0 / LANES, g, &mut acc);
-        }
-        for (dst, lanes) in out[ri * moments * k..(ri + 1) * moments * k].iter_mut().zip(&acc) {
-            *dst = tile::sum_lanes(lanes);
+        for (mo, (terms, xg)) in source.moments.iter().zip(xgs).enumerate() {
+            acc.fill(tile::ZERO);
+            for col0 in (0..n).step_by(CHUNK) {
+                let g = source.load_grad(i, col0, CHUNK.min(n - col0), &mut grad);
+                if mo == 0 {
+                    tile::sketch_chunk_dyn::<S, false>(terms, xg, source.rank, k, i, col0 / LANES, g, &mut acc);
+                } else {
+                    tile::sketch_chunk_dyn::<S, true>(terms, xg, source.rank, k, i, col0 / LANES, g, &mut acc);
+                }
+            }
+            let dst = &mut out[(ri * moments + mo) * k..(ri * moments + mo + 1) * k];
+            for (d, lanes) in dst.iter_mut().zip(&acc) {
+                *d = tile::sum_lanes(lanes);
+            }
         }
     }
     out
@@ -294,7 +306,7 @@ const PROJECT_ROWS: usize = 4;
 multiversion! {
     /// Bᵀ of the column tile `col0 .. col0 + width`, all moments: [moment][l][group], and the
     /// weight update of the tile's columns when `update` is given.
-    fn project_tile(
+    fn project_tile<S>(
         source: &Source,
         qs: &[&[f32]],
         col0: usize,
@@ -306,11 +318,11 @@ multiversion! {
         let mut scratch = RowScratch::<PROJECT_ROWS>::new();
         let full = m - m % PROJECT_ROWS;
         for row0 in (0..full).step_by(PROJECT_ROWS) {
-            project_block::<PROJECT_ROWS>(source, qs, col0, width, update, row0, &mut acc, &mut scratch);
+            project_block::<S, PROJECT_ROWS>(source, qs, col0, width, update, row0, &mut acc, &mut scratch);
         }
         let mut single = RowScratch::<1>::new();
         for row in full..m {
-            project_block::<1>(source, qs, col0, width, update, row, &mut acc, &mut single);
+            project_block::<S, 1>(source, qs, col0, width, update, row, &mut acc, &mut single);
         }
         acc
     }
@@ -330,7 +342,7 @@ impl<const R: usize> RowScratch<R> {
 
 /// Rows `row0 .. row0 + R` of a column tile: projection, and the update when given.
 #[inline(always)]
-fn project_block<const R: usize>(
+fn project_block<S: Lanes, const R: usize>(
     source: &Source,
     qs: &[&[f32]],
     col0: usize,
@@ -356,7 +368,7 @@ fn project_block<const R: usize>(
         };
         let bacc = &mut acc[gi0..];
         match update {
-            None => tile::project_rows::<R>(source.moments, qs, source.rank, k, row0, group0, &grads, bacc, tile_groups, None),
+            None => project_rows_dispatch::<S, R>(source.moments, qs, source.rank, k, row0, group0, &grads, bacc, tile_groups, None),
             Some((param, Dtype::F32, scalars)) if len % LANES == 0 => {
                 // f32 weights are updated where they are.
                 let mut ws: [&mut [F8]; R] = std::array::from_fn(|r| {
@@ -365,7 +377,7 @@ fn project_block<const R: usize>(
                     let p = unsafe { (param.get() as *mut f32).add((row0 + r) * n + chunk0) };
                     tile::as_groups_mut(unsafe { std::slice::from_raw_parts_mut(p, len) })
                 });
-                tile::project_rows::<R>(source.moments, qs, source.rank, k, row0, group0, &grads, bacc, tile_groups, Some((&scalars, &mut ws)));
+                project_rows_dispatch::<S, R>(source.moments, qs, source.rank, k, row0, group0, &grads, bacc, tile_groups, Some((&scalars, &mut ws)));
             }
             Some((param, dtype, scalars)) => {
                 for (r, w) in weights.iter_mut().enumerate() {
@@ -378,7 +390,7 @@ fn project_block<const R: usize>(
                     let mut it = weights.iter_mut();
                     std::array::from_fn(|_| tile::as_groups_mut(&mut it.next().unwrap()[..padded]))
                 };
-                tile::project_rows::<R>(source.moments, qs, source.rank, k, row0, group0, &grads, bacc, tile_groups, Some((&scalars, &mut ws)));
+                project_rows_dispatch::<S, R>(source.moments, qs, source.rank, k, row0, group0, &grads, bacc, tile_groups, Some((&scalars, &mut ws)));
                 for (r, w) in weights.iter().enumerate() {
                     unsafe { dtype::store(param.get(), dtype, (row0 + r) * n + chunk0, &w[..len], scalars.rounding) };
                 }
@@ -389,11 +401,11 @@ fn project_block<const R: usize>(
 
 multiversion! {
     /// Sum of |x| and count of the negative entries of U·diag(S)·Vᵀ over a block of rows.
-    fn negatives_rows(terms: &MomentTerms, rank: usize, groups: usize, rows: std::ops::Range<usize>) -> (f64, u64) {
+    fn negatives_rows<S>(terms: &MomentTerms, rank: usize, groups: usize, rows: std::ops::Range<usize>) -> (f64, u64) {
         let (mut sum, mut count) = (0f64, 0u64);
         for i in rows {
             for group0 in (0..groups).step_by(GROUPS) {
-                let (s, c) = tile::negatives_chunk(terms, rank, i, group0..(group0 + GROUPS).min(groups));
+                let (s, c) = tile::negatives_chunk::<S>(terms, rank, i, group0..(group0 + GROUPS).min(groups));
                 sum += s as f64;
                 count += c as u64;
             }
@@ -425,4 +437,25 @@ fn try_zeroed_groups(len: usize, what: &str) -> Result<Vec<F8>> {
     v.try_reserve_exact(len).map_err(|_| Error::OutOfMemory(format!("cannot allocate {len} vectors for {what}")))?;
     v.resize(len, tile::ZERO);
     Ok(v)
+}
+
+/// `tile::project_rows` for the state's algorithm.
+#[inline(always)]
+fn project_rows_dispatch<S: Lanes, const R: usize>(
+    moments: &[MomentTerms],
+    qs: &[&[f32]],
+    rank: usize,
+    k: usize,
+    row0: usize,
+    group0: usize,
+    grads: &[&[F8]; R],
+    bacc: &mut [F8],
+    bstride: usize,
+    update: Option<(&StepScalars, &mut [&mut [F8]; R])>,
+) {
+    if moments.len() == 2 {
+        tile::project_rows::<S, R, true>(moments, qs, rank, k, row0, group0, grads, bacc, bstride, update)
+    } else {
+        tile::project_rows::<S, R, false>(moments, qs, rank, k, row0, group0, grads, bacc, bstride, update)
+    }
 }

@@ -5,7 +5,8 @@
 
 mod dense;
 mod factored;
-mod tile;
+pub(crate) mod lanes;
+pub(crate) mod tile;
 
 pub use dense::dense_step;
 pub use factored::CpuFactored;

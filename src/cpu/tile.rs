@@ -1,13 +1,14 @@
 //! The arithmetic of the passes on groups of eight columns held in registers: rebuild each
 //! moment from its factors, apply the non-negativity fix, mix in the gradient, then sketch,
-//! project or update. Lanes are explicit `[f32; 8]` values, so the AVX2 build and the portable
-//! build execute the same operations in the same order (no multiply-add is ever contracted):
-//! every machine and thread count gives the same bits.
+//! project or update. Written once over `Lanes` (AVX or portable, same bits).
 //!
 //! Column-indexed workspaces are stored group-major (`[group][l]` of 8-lane vectors) so that one
 //! group's vectors are adjacent in memory.
 
 use crate::step::StepScalars;
+
+pub use super::lanes::F8;
+use super::lanes::Lanes;
 
 /// Columns per chunk (and per tile of the column-parallel pass). A multiple of `LANES`.
 pub const CHUNK: usize = 256;
@@ -16,7 +17,6 @@ pub const LANES: usize = 8;
 /// Column groups per chunk.
 pub(crate) const GROUPS: usize = CHUNK / LANES;
 
-pub type F8 = [f32; LANES];
 pub const ZERO: F8 = [0.0; LANES];
 
 pub fn groups(n: usize) -> usize {
@@ -36,83 +36,80 @@ pub struct MomentTerms {
     /// groups × rank vectors: V[8g .. 8g + 8, l] at index g·rank + l, zero past the last column.
     pub vg: Vec<F8>,
     /// The non-negativity fix: entries below zero become this value (second moment only).
-    pub fill: Option<f32>,
+    pub fill: f32,
     pub beta: f32,
     pub weight: f32,
-    /// The gradient enters squared (second moment).
-    pub squared: bool,
 }
 
 impl MomentTerms {
     /// Row `row`, column group `group` of U·diag(S)·Vᵀ.
     #[inline(always)]
-    pub fn rebuild8(&self, rank: usize, row: usize, group: usize) -> F8 {
+    pub fn rebuild<S: Lanes>(&self, rank: usize, row: usize, group: usize) -> S::V {
         let us = &self.us[row * rank..(row + 1) * rank];
         let v = &self.vg[group * rank..(group + 1) * rank];
-        let mut out = ZERO;
-        for (a, vl) in us.iter().zip(v) {
-            for t in 0..LANES {
-                out[t] += a * vl[t];
-            }
+        let mut out = S::zero();
+        for (&a, vl) in us.iter().zip(v) {
+            out = S::add(out, S::mul(S::splat(a), S::load(vl)));
         }
         out
     }
 
-    /// The fixed rebuilt value and the new moment β·M̃ + (1 − β)·h for gradient lanes `g`.
+    /// The (fixed) rebuilt value and the new moment β·M̃ + (1 − β)·h for gradient lanes `g`.
+    /// `SECOND`: AdamW's second moment (h = g², the non-negativity fix); else h = g.
     #[inline(always)]
-    pub fn step8(&self, rank: usize, row: usize, group: usize, g: &F8) -> (F8, F8) {
-        let mut old = self.rebuild8(rank, row, group);
-        if let Some(fill) = self.fill {
-            for x in old.iter_mut() {
-                *x = if *x < 0.0 { fill } else { *x };
-            }
+    pub fn step<S: Lanes, const SECOND: bool>(&self, rank: usize, row: usize, group: usize, g: S::V) -> (S::V, S::V) {
+        let mut old = self.rebuild::<S>(rank, row, group);
+        let mut h = g;
+        if SECOND {
+            old = S::fill_negative(old, S::splat(self.fill));
+            h = S::mul(g, g);
         }
-        let (beta, weight) = (self.beta, self.weight);
-        let mut h = *g;
-        if self.squared {
-            for x in h.iter_mut() {
-                *x *= *x;
-            }
-        }
-        let mut new = ZERO;
-        for t in 0..LANES {
-            new[t] = beta * old[t] + weight * h[t];
-        }
+        let new = S::add(S::mul(S::splat(self.beta), old), S::mul(S::splat(self.weight), h));
         (old, new)
     }
 }
 
-/// Sketch accumulators of one row: acc[mo][l] += A_mo[row, group]·X_mo[group, l] for the groups
+/// AdamW on eight weights from the new moments M_t, V_t.
+#[inline(always)]
+pub fn update_adamw<S: Lanes>(s: &StepScalars, w: S::V, m: S::V, v: S::V) -> S::V {
+    let denom = S::add(S::div(S::sqrt(v), S::splat(s.bias_correction2_sqrt)), S::splat(s.eps));
+    S::sub(S::mul(w, S::splat(s.decay)), S::mul(S::splat(s.step_size), S::div(m, denom)))
+}
+
+/// Lion on eight weights from the old moment M̃ and the gradient.
+#[inline(always)]
+pub fn update_lion<S: Lanes>(s: &StepScalars, w: S::V, m: S::V, g: S::V) -> S::V {
+    let c = S::add(S::mul(S::splat(s.beta1), m), S::mul(S::splat(s.one_minus_beta1), g));
+    S::sub(S::mul(w, S::splat(s.decay)), S::mul(S::splat(s.lr), S::sign(c)))
+}
+
+/// Sketch accumulators of one row and moment: acc[l] += A[row, group]·X[group, l] over the groups
 /// of one chunk (`g` holds the chunk's gradient, zero-padded to whole groups).
 #[inline(always)]
-pub fn sketch_chunk<const K: usize>(
-    moments: &[MomentTerms],
-    xgs: &[&[F8]],
+pub fn sketch_chunk<S: Lanes, const K: usize, const SECOND: bool>(
+    terms: &MomentTerms,
+    xg: &[F8],
     rank: usize,
     row: usize,
     group0: usize,
     g: &[F8],
-    acc: &mut [[F8; K]; 2],
+    acc: &mut [S::V; K],
 ) {
     for (gi, g8) in g.iter().enumerate() {
         let group = group0 + gi;
-        for (mo, (terms, xg)) in moments.iter().zip(xgs).enumerate() {
-            let (_, a) = terms.step8(rank, row, group, g8);
-            let x = &xg[group * K..(group + 1) * K];
-            for l in 0..K {
-                for t in 0..LANES {
-                    acc[mo][l][t] += a[t] * x[l][t];
-                }
-            }
+        let (_, a) = terms.step::<S, SECOND>(rank, row, group, S::load(g8));
+        let x = &xg[group * K..(group + 1) * K];
+        for l in 0..K {
+            acc[l] = S::add(acc[l], S::mul(a, S::load(&x[l])));
         }
     }
 }
 
-/// The same for a sketch width known only at run time (accumulators in memory: acc[mo·k + l]).
+/// The same for a sketch width known only at run time (accumulators in memory).
 #[inline(always)]
-pub fn sketch_chunk_dyn(
-    moments: &[MomentTerms],
-    xgs: &[&[F8]],
+pub fn sketch_chunk_dyn<S: Lanes, const SECOND: bool>(
+    terms: &MomentTerms,
+    xg: &[F8],
     rank: usize,
     k: usize,
     row: usize,
@@ -122,15 +119,10 @@ pub fn sketch_chunk_dyn(
 ) {
     for (gi, g8) in g.iter().enumerate() {
         let group = group0 + gi;
-        for (mo, (terms, xg)) in moments.iter().zip(xgs).enumerate() {
-            let (_, a) = terms.step8(rank, row, group, g8);
-            let x = &xg[group * k..(group + 1) * k];
-            for (l, xl) in x.iter().enumerate() {
-                let dst = &mut acc[mo * k + l];
-                for t in 0..LANES {
-                    dst[t] += a[t] * xl[t];
-                }
-            }
+        let (_, a) = terms.step::<S, SECOND>(rank, row, group, S::load(g8));
+        let x = &xg[group * k..(group + 1) * k];
+        for (dst, xl) in acc.iter_mut().zip(x) {
+            S::store(S::add(S::load(dst), S::mul(a, S::load(xl))), dst);
         }
     }
 }
@@ -140,9 +132,9 @@ pub fn sketch_chunk_dyn(
 /// Q_mo[row, l]·A_mo[row, group0 + gi] (`bacc` starts at the chunk's first group). Summing the
 /// rows of a block in registers before one store gives the same bits as one row at a time.
 /// `grads[r]` holds row r's gradient (whole groups); `weights`, when given, the rows' weights,
-/// updated in place by `scalars`.
+/// updated in place by `scalars`. `ADAMW`: two moments, else Lion's one.
 #[inline(always)]
-pub fn project_rows<const R: usize>(
+pub fn project_rows<S: Lanes, const R: usize, const ADAMW: bool>(
     moments: &[MomentTerms],
     qs: &[&[f32]],
     rank: usize,
@@ -154,36 +146,46 @@ pub fn project_rows<const R: usize>(
     bstride: usize,
     mut update: Option<(&StepScalars, &mut [&mut [F8]; R])>,
 ) {
-    let adamw = moments.len() == 2;
+    #[inline(always)]
+    fn accumulate<S: Lanes, const R: usize>(bacc: &mut [F8], q: &[f32], k: usize, row0: usize, first: usize, bstride: usize, news: &[S::V; R]) {
+        for l in 0..k {
+            let dst = &mut bacc[(first + l) * bstride];
+            let mut acc = S::load(dst);
+            for (r, &new) in news.iter().enumerate() {
+                acc = S::add(acc, S::mul(S::splat(q[(row0 + r) * k + l]), new));
+            }
+            S::store(acc, dst);
+        }
+    }
     for gi in 0..grads[0].len() {
         let group = group0 + gi;
-        let mut olds = [[ZERO; 2]; R];
-        let mut news = [[ZERO; 2]; R];
+        let bacc = &mut bacc[gi..];
+        let mut g = [S::zero(); R];
         for r in 0..R {
-            for (mo, terms) in moments.iter().enumerate() {
-                (olds[r][mo], news[r][mo]) = terms.step8(rank, row0 + r, group, &grads[r][gi]);
-            }
+            g[r] = S::load(&grads[r][gi]);
         }
-        for (mo, q) in qs.iter().enumerate() {
-            for l in 0..k {
-                let dst = &mut bacc[(mo * k + l) * bstride + gi];
-                let mut acc = *dst;
-                for r in 0..R {
-                    let ql = q[(row0 + r) * k + l];
-                    for t in 0..LANES {
-                        acc[t] += ql * news[r][mo][t];
-                    }
-                }
-                *dst = acc;
+        let mut olds = [S::zero(); R];
+        let mut firsts = [S::zero(); R];
+        for r in 0..R {
+            (olds[r], firsts[r]) = moments[0].step::<S, false>(rank, row0 + r, group, g[r]);
+        }
+        accumulate::<S, R>(bacc, qs[0], k, row0, 0, bstride, &firsts);
+        let mut seconds = [S::zero(); R];
+        if ADAMW {
+            for r in 0..R {
+                seconds[r] = moments[1].step::<S, true>(rank, row0 + r, group, g[r]).1;
             }
+            accumulate::<S, R>(bacc, qs[1], k, row0, k, bstride, &seconds);
         }
         if let Some((scalars, weights)) = update.as_mut() {
             for r in 0..R {
-                if adamw {
-                    scalars.update_adamw(&mut weights[r][gi], &news[r][0], &news[r][1]);
+                let w = S::load(&weights[r][gi]);
+                let w = if ADAMW {
+                    update_adamw::<S>(scalars, w, firsts[r], seconds[r])
                 } else {
-                    scalars.update_lion(&mut weights[r][gi], &olds[r][0], &grads[r][gi]);
-                }
+                    update_lion::<S>(scalars, w, olds[r], g[r])
+                };
+                S::store(w, &mut weights[r][gi]);
             }
         }
     }
@@ -192,18 +194,16 @@ pub fn project_rows<const R: usize>(
 /// Sum of |x| and count of the negative entries of row `row`, groups `groups` (padding
 /// columns rebuild to zero and do not count).
 #[inline(always)]
-pub fn negatives_chunk(terms: &MomentTerms, rank: usize, row: usize, groups: std::ops::Range<usize>) -> (f32, u32) {
-    let mut sum = ZERO;
-    let mut count = [0u32; LANES];
+pub fn negatives_chunk<S: Lanes>(terms: &MomentTerms, rank: usize, row: usize, groups: std::ops::Range<usize>) -> (f32, u32) {
+    let mut sum = S::zero();
+    // Counts as f32 lanes: exact, a chunk adds at most GROUPS per lane.
+    let mut count = S::zero();
     for group in groups {
-        let x = terms.rebuild8(rank, row, group);
-        for t in 0..LANES {
-            let negative = x[t] < 0.0;
-            sum[t] += if negative { -x[t] } else { 0.0 };
-            count[t] += negative as u32;
-        }
+        let x = terms.rebuild::<S>(rank, row, group);
+        sum = S::add(sum, S::negative_magnitude(x));
+        count = S::add(count, S::negative_indicator(x));
     }
-    (sum_lanes(&sum), count.iter().sum())
+    (sum_lanes(&S::to_array(sum)), S::to_array(count).iter().map(|&c| c as u32).sum())
 }
 
 /// The fixed-order sum of the lanes.
@@ -235,24 +235,25 @@ pub fn has_avx2() -> bool {
     *AVX2
 }
 
-/// Defines `$name` that runs `$body` compiled for AVX2 when the CPU has it, and for the baseline
-/// target otherwise. Both builds perform identical operations, so they give identical bits.
+/// Defines `$name` that runs `$body` (generic over `S: Lanes`) with `S = Avx` inside a function
+/// compiled for AVX2 when the CPU has it, and with `S = Portable` otherwise. Both give the same
+/// bits.
 macro_rules! multiversion {
-    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident<$s:ident>($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
-            fn body($($arg: $ty),*) $(-> $ret)? $body
+            fn body<$s: $crate::cpu::lanes::Lanes>($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx2")]
-                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
-                if $crate::cpu::tile::has_avx2() {
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { body::<$crate::cpu::lanes::Avx>($($arg),*) }
+                if $crate::cpu::lanes::Avx::if_available().is_some() {
                     // SAFETY: the CPU supports AVX2 (checked at run time).
                     return unsafe { avx2($($arg),*) };
                 }
             }
-            body($($arg),*)
+            body::<$crate::cpu::lanes::Portable>($($arg),*)
         }
     };
 }
