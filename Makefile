@@ -27,10 +27,10 @@ VALGRIND_FLAGS := --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=d
                   --show-leak-kinds=definite --track-origins=yes
 
 .PHONY: help build header install install-test-prefix ctest-build ctest memcheck test-rust test-python test-python-install test-nvrtc \
-        test demo-c demo bench clean
+        test demo-c demo bench bench-speed bench-quality clean
 
 help:
-	@echo "targets: build header install ctest memcheck test-rust test-python test demo-c demo bench clean"
+	@echo "targets: build header install ctest memcheck test-rust test-python test-python-install test-nvrtc test demo demo-c bench bench-speed bench-quality clean"
 	@echo "PREFIX=$(PREFIX)"
 
 build:
@@ -109,6 +109,13 @@ demo: build
 # CPU step time of the library's MLorc-AdamW against its DENSE AdamW (BENCHMARKS.md).
 bench:
 	$(CARGO) bench --bench cpu_step
+
+# Evidence against the alternatives (PyTorch, CPU): step time and memory, fine-tuning quality.
+bench-speed: build
+	$(PYTHON) benches/python/bench_speed.py
+
+bench-quality: build
+	$(PYTHON) benches/python/bench_quality.py $(if $(QUICK),--quick)
 
 clean:
 	$(CARGO) clean
