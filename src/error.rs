@@ -44,12 +44,17 @@ macro_rules! invalid {
 }
 pub(crate) use invalid;
 
-/// Allocates a zeroed f32 vector, reporting failure instead of aborting the process.
-pub fn try_zeroed(len: usize, what: &str) -> Result<Vec<f32>> {
+/// Allocates a vector of `len` copies of `value`, reporting failure instead of aborting.
+pub fn try_filled<T: Clone>(len: usize, value: T, what: &str) -> Result<Vec<T>> {
     let mut v = Vec::new();
     v.try_reserve_exact(len).map_err(|_| {
-        Error::OutOfMemory(format!("cannot allocate {len} floats for {what}"))
+        Error::OutOfMemory(format!("cannot allocate {len} elements of {} bytes for {what}", std::mem::size_of::<T>()))
     })?;
-    v.resize(len, 0.0);
+    v.resize(len, value);
     Ok(v)
+}
+
+/// Allocates a zeroed f32 vector, reporting failure instead of aborting the process.
+pub fn try_zeroed(len: usize, what: &str) -> Result<Vec<f32>> {
+    try_filled(len, 0.0, what)
 }

@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use crate::config::{Algorithm, Dtype, Plan};
 use crate::dtype;
-use crate::error::{try_zeroed, Error, Result};
+use crate::error::{try_filled, try_zeroed, Result};
 use crate::linalg;
 use crate::rng::{self, Stream};
 use crate::step::{FactoredPasses, SketchInput, StepIo, StepScalars};
@@ -65,7 +65,7 @@ impl<'a> CpuFactored<'a> {
                     dst[l] = src[l] * s[l];
                 }
             }
-            let mut vg = try_zeroed_groups(groups * r, "V workspace")?;
+            let mut vg = try_filled(groups * r, tile::ZERO, "V workspace")?;
             for (j, row) in v.chunks_exact(r).enumerate() {
                 for l in 0..r {
                     *tile::group_major(&mut vg, r, j, l) = row[l];
@@ -77,7 +77,7 @@ impl<'a> CpuFactored<'a> {
                 u,
                 s,
                 v,
-                xg: try_zeroed_groups(groups * k, "sketch input workspace")?,
+                xg: try_filled(groups * k, tile::ZERO, "sketch input workspace")?,
                 y: try_zeroed(m * k, "sketch workspace")?,
                 bt: try_zeroed(n * k, "projection workspace")?,
             });
@@ -430,13 +430,6 @@ fn negative_fill(terms: &MomentTerms, m: usize, r: usize, groups: usize) -> f32 
     } else {
         (sum / count as f64) as f32
     }
-}
-
-fn try_zeroed_groups(len: usize, what: &str) -> Result<Vec<F8>> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(len).map_err(|_| Error::OutOfMemory(format!("cannot allocate {len} vectors for {what}")))?;
-    v.resize(len, tile::ZERO);
-    Ok(v)
 }
 
 /// `tile::project_rows` for the state's algorithm.

@@ -16,21 +16,8 @@ use crate::step::{FactoredPasses, SketchInput, StepScalars};
 
 use super::launch::*;
 
-/// Lane 0's value after `x += shfl_down(x, off)` for off = 16, 8, 4, 2, 1.
-pub fn warp_tree_f32(lanes: &[f32; 32]) -> f32 {
-    let mut v = *lanes;
-    let mut off = 16;
-    while off > 0 {
-        let old = v;
-        for lane in 0..32 {
-            v[lane] = old[lane] + if lane + off < 32 { old[lane + off] } else { old[lane] };
-        }
-        off >>= 1;
-    }
-    v[0]
-}
-
-pub fn warp_tree_f64(lanes: &[f64; 32]) -> f64 {
+/// Lane 0's value after `x += shfl_down(x, off)` for off = 16, 8, 4, 2, 1 (f32 or f64).
+pub fn warp_tree<T: Copy + std::ops::Add<Output = T>>(lanes: &[T; 32]) -> T {
     let mut v = *lanes;
     let mut off = 16;
     while off > 0 {
@@ -45,12 +32,12 @@ pub fn warp_tree_f64(lanes: &[f64; 32]) -> f64 {
 
 /// block_sum of kernels.cu: warp trees, then warps added in order.
 pub fn block_sum_f32(threads: &[f32]) -> f32 {
-    let warps: Vec<f32> = threads.chunks_exact(32).map(|w| warp_tree_f32(w.try_into().unwrap())).collect();
+    let warps: Vec<f32> = threads.chunks_exact(32).map(|w| warp_tree(w.try_into().unwrap())).collect();
     warps[1..].iter().fold(warps[0], |t, &w| t + w)
 }
 
 pub fn block_sum_f64(threads: &[f64]) -> f64 {
-    let warps: Vec<f64> = threads.chunks_exact(32).map(|w| warp_tree_f64(w.try_into().unwrap())).collect();
+    let warps: Vec<f64> = threads.chunks_exact(32).map(|w| warp_tree(w.try_into().unwrap())).collect();
     warps[1..].iter().fold(warps[0], |t, &w| t + w)
 }
 
