@@ -12,7 +12,9 @@ CARGO    ?= cargo
 CBINDGEN ?= cbindgen
 CMAKE    ?= cmake
 CTEST    ?= ctest
-PYTHON   ?= python3
+# build/venv exists only where the system Python refused pip installs (scripts/ensure-deps.sh).
+PYTHON   ?= $(if $(wildcard $(CURDIR)/build/venv/bin/python3),$(CURDIR)/build/venv/bin/python3,python3)
+export PATH := $(HOME)/.cargo/bin:$(PATH)
 VALGRIND ?= valgrind
 
 PREFIX       ?= $(CURDIR)/build/prefix
@@ -26,12 +28,16 @@ JOBS         ?= $(shell nproc 2>/dev/null || echo 2)
 VALGRIND_FLAGS := --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
                   --show-leak-kinds=definite --track-origins=yes
 
-.PHONY: help build header install install-test-prefix ctest-build ctest memcheck test-rust test-python test-python-install test-nvrtc \
+.PHONY: help deps build header install install-test-prefix ctest-build ctest memcheck test-rust test-python test-python-install test-nvrtc \
         test demo-c demo bench bench-speed bench-quality clean
 
 help:
 	@echo "targets: build header install ctest memcheck test-rust test-python test-python-install test-nvrtc test demo demo-c bench bench-speed bench-quality clean"
 	@echo "PREFIX=$(PREFIX)"
+
+# What a fresh machine lacks for the demo and the tests (apt-get, pip; nothing else).
+deps:
+	scripts/ensure-deps.sh
 
 build:
 	$(CARGO) build --release
@@ -92,9 +98,10 @@ test-python-install: build
 
 # Every CUDA kernel compiles with NVRTC (PyTorch's pip libnvrtc) for sm_80 and sm_90, no GPU needed.
 test-nvrtc:
-	scripts/nvrtc-check.sh
+	PYTHON="$(PYTHON)" scripts/nvrtc-check.sh
 
-test: test-rust test-nvrtc ctest memcheck test-python test-python-install
+test: deps
+	$(MAKE) test-rust test-nvrtc ctest memcheck test-python test-python-install
 
 demo-c: install-test-prefix
 	$(CMAKE) -S examples/c -B "$(DEMO_BUILD)" -DCMAKE_PREFIX_PATH="$(TEST_PREFIX)" \
@@ -103,7 +110,8 @@ demo-c: install-test-prefix
 	"$(DEMO_BUILD)/train_demo"
 
 # The main demo: a small transformer fine-tuned with AdamW and MLorc-AdamW side by side.
-demo: build
+demo: deps
+	$(MAKE) build
 	$(PYTHON) examples/python/finetune_demo.py
 
 # CPU step time of the library's MLorc-AdamW against its DENSE AdamW (BENCHMARKS.md).

@@ -8,7 +8,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 dir="${MLORC_NVRTC_DIR:-}"
 if [ -z "$dir" ]; then
-    for py in python3 python; do
+    for py in ${PYTHON:-} python3 python; do
         command -v "$py" >/dev/null 2>&1 || continue
         dir="$("$py" - <<'PY' 2>/dev/null || true
 import glob, os, site, sys
