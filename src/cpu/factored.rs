@@ -125,12 +125,15 @@ impl FactoredPasses for CpuFactored<'_> {
                 }
             }
         }
+        // The first moment has no non-negativity fix, so its sketch splits without a rebuild:
+        // (β·U·S·Vᵀ + (1 − β)·G)·X = β·(U·S)·(VᵀX) + (1 − β)·G·X.
+        let vtx = low_rank_product(&self.terms[0].vg, &self.work[0].xg, self.plan.rank, k, n);
         let source = self.source();
         let moments = self.terms.len();
         let xgs: Vec<&[F8]> = self.work.iter().map(|w| w.xg.as_slice()).collect();
         let blocks: Vec<Vec<f32>> = (0..m.div_ceil(ROW_BLOCK))
             .into_par_iter()
-            .map(|b| sketch_rows(&source, &xgs, b * ROW_BLOCK..((b + 1) * ROW_BLOCK).min(m)))
+            .map(|b| sketch_rows(&source, &xgs, &vtx, b * ROW_BLOCK..((b + 1) * ROW_BLOCK).min(m)))
             .collect();
         for (b, out) in blocks.iter().enumerate() {
             for (ri, row) in out.chunks_exact(moments * k).enumerate() {
@@ -225,12 +228,12 @@ impl Source<'_> {
 
 multiversion! {
     /// Y rows of a block of rows, all moments: [row][moment][l].
-    fn sketch_rows<S>(source: &Source, xgs: &[&[F8]], rows: std::ops::Range<usize>) -> Vec<f32> {
+    fn sketch_rows<S>(source: &Source, xgs: &[&[F8]], vtx: &[f32], rows: std::ops::Range<usize>) -> Vec<f32> {
         macro_rules! fixed_width {
             ($($k:literal)*) => {
                 match source.k {
-                    $($k => sketch_rows_fixed::<S, $k>(source, xgs, rows),)*
-                    _ => sketch_rows_dyn::<S>(source, xgs, rows),
+                    $($k => sketch_rows_fixed::<S, $k>(source, xgs, vtx, rows),)*
+                    _ => sketch_rows_dyn::<S>(source, xgs, vtx, rows),
                 }
             };
         }
@@ -240,7 +243,7 @@ multiversion! {
 
 /// `sketch_rows` for a sketch width known at compile time: accumulators stay in registers.
 #[inline(always)]
-fn sketch_rows_fixed<S: Lanes, const K: usize>(source: &Source, xgs: &[&[F8]], rows: std::ops::Range<usize>) -> Vec<f32> {
+fn sketch_rows_fixed<S: Lanes, const K: usize>(source: &Source, xgs: &[&[F8]], vtx: &[f32], rows: std::ops::Range<usize>) -> Vec<f32> {
     let n = source.cols;
     let moments = source.moments.len();
     let mut out = vec![0f32; rows.len() * moments * K];
@@ -253,13 +256,14 @@ fn sketch_rows_fixed<S: Lanes, const K: usize>(source: &Source, xgs: &[&[F8]], r
             for col0 in (0..n).step_by(CHUNK) {
                 let g = source.load_grad(i, col0, CHUNK.min(n - col0), &mut grad);
                 if mo == 0 {
-                    tile::sketch_chunk::<S, K, false>(terms, xg, source.rank, i, col0 / LANES, g, &mut acc);
+                    tile::sketch_chunk_grad::<S, K>(xg, col0 / LANES, g, &mut acc);
                 } else {
                     tile::sketch_chunk::<S, K, true>(terms, xg, source.rank, i, col0 / LANES, g, &mut acc);
                 }
             }
             for l in 0..K {
-                dst[mo * K + l] = tile::sum_lanes(&S::to_array(acc[l]));
+                let sum = tile::sum_lanes(&S::to_array(acc[l]));
+                dst[mo * K + l] = if mo == 0 { first_moment_sketch(terms, vtx, source.rank, K, i, l, sum) } else { sum };
             }
         }
     }
@@ -267,7 +271,7 @@ fn sketch_rows_fixed<S: Lanes, const K: usize>(source: &Source, xgs: &[&[F8]], r
 }
 
 #[inline(always)]
-fn sketch_rows_dyn<S: Lanes>(source: &Source, xgs: &[&[F8]], rows: std::ops::Range<usize>) -> Vec<f32> {
+fn sketch_rows_dyn<S: Lanes>(source: &Source, xgs: &[&[F8]], vtx: &[f32], rows: std::ops::Range<usize>) -> Vec<f32> {
     let (k, n) = (source.k, source.cols);
     let moments = source.moments.len();
     let mut out = vec![0f32; rows.len() * moments * k];
@@ -279,14 +283,15 @@ fn sketch_rows_dyn<S: Lanes>(source: &Source, xgs: &[&[F8]], rows: std::ops::Ran
             for col0 in (0..n).step_by(CHUNK) {
                 let g = source.load_grad(i, col0, CHUNK.min(n - col0), &mut grad);
                 if mo == 0 {
-                    tile::sketch_chunk_dyn::<S, false>(terms, xg, source.rank, k, i, col0 / LANES, g, &mut acc);
+                    tile::sketch_chunk_grad_dyn::<S>(xg, k, col0 / LANES, g, &mut acc);
                 } else {
                     tile::sketch_chunk_dyn::<S, true>(terms, xg, source.rank, k, i, col0 / LANES, g, &mut acc);
                 }
             }
             let dst = &mut out[(ri * moments + mo) * k..(ri * moments + mo + 1) * k];
-            for (d, lanes) in dst.iter_mut().zip(&acc) {
-                *d = tile::sum_lanes(lanes);
+            for (l, (d, lanes)) in dst.iter_mut().zip(&acc).enumerate() {
+                let sum = tile::sum_lanes(lanes);
+                *d = if mo == 0 { first_moment_sketch(terms, vtx, source.rank, k, i, l, sum) } else { sum };
             }
         }
     }
@@ -451,4 +456,31 @@ fn project_rows_dispatch<S: Lanes, const R: usize>(
     } else {
         tile::project_rows::<S, R, false>(moments, qs, rank, k, row0, group0, grads, bacc, bstride, update)
     }
+}
+
+/// VᵀX (rank × k, row-major) for group-major V (groups × rank) and X (groups × k), in f64 and a
+/// fixed order.
+fn low_rank_product(vg: &[F8], xg: &[F8], rank: usize, k: usize, n: usize) -> Vec<f32> {
+    let mut out = vec![0f32; rank * k];
+    for p in 0..rank {
+        for l in 0..k {
+            let mut sum = 0f64;
+            for g in 0..tile::groups(n) {
+                let (v, x) = (&vg[g * rank + p], &xg[g * k + l]);
+                for t in 0..LANES {
+                    sum += v[t] as f64 * x[t] as f64;
+                }
+            }
+            out[p * k + l] = sum as f32;
+        }
+    }
+    out
+}
+
+/// Y[row, l] of the first moment: β·(U·S)[row]·(VᵀX)[:, l] + (1 − β)·(G·X)[row, l].
+#[inline(always)]
+fn first_moment_sketch(terms: &MomentTerms, vtx: &[f32], rank: usize, k: usize, row: usize, l: usize, grad_part: f32) -> f32 {
+    let us = &terms.us[row * rank..(row + 1) * rank];
+    let low_rank: f32 = us.iter().enumerate().map(|(p, &a)| a * vtx[p * k + l]).sum();
+    terms.beta * low_rank + terms.weight * grad_part
 }

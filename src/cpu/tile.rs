@@ -105,6 +105,31 @@ pub fn sketch_chunk<S: Lanes, const K: usize, const SECOND: bool>(
     }
 }
 
+/// The gradient part of the first moment's sketch: acc[l] += G[row, group]·X[group, l].
+#[inline(always)]
+pub fn sketch_chunk_grad<S: Lanes, const K: usize>(xg: &[F8], group0: usize, g: &[F8], acc: &mut [S::V; K]) {
+    for (gi, g8) in g.iter().enumerate() {
+        let group = group0 + gi;
+        let gv = S::load(g8);
+        let x = &xg[group * K..(group + 1) * K];
+        for l in 0..K {
+            acc[l] = S::add(acc[l], S::mul(gv, S::load(&x[l])));
+        }
+    }
+}
+
+/// The same for a sketch width known only at run time.
+#[inline(always)]
+pub fn sketch_chunk_grad_dyn<S: Lanes>(xg: &[F8], k: usize, group0: usize, g: &[F8], acc: &mut [F8]) {
+    for (gi, g8) in g.iter().enumerate() {
+        let group = group0 + gi;
+        let gv = S::load(g8);
+        for (dst, xl) in acc.iter_mut().zip(&xg[group * k..(group + 1) * k]) {
+            S::store(S::add(S::load(dst), S::mul(gv, S::load(xl))), dst);
+        }
+    }
+}
+
 /// The same for a sketch width known only at run time (accumulators in memory).
 #[inline(always)]
 pub fn sketch_chunk_dyn<S: Lanes, const SECOND: bool>(
