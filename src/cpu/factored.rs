@@ -258,7 +258,7 @@ fn sketch_rows_fixed<S: Lanes, const K: usize>(source: &Source, xgs: &[&[F8]], v
                 if mo == 0 {
                     tile::sketch_chunk_grad::<S, K>(xg, col0 / LANES, g, &mut acc);
                 } else {
-                    tile::sketch_chunk::<S, K, true>(terms, xg, source.rank, i, col0 / LANES, g, &mut acc);
+                    tile::sketch_chunk::<S, K>(terms, xg, source.rank, i, col0 / LANES, g, &mut acc);
                 }
             }
             for l in 0..K {
@@ -285,7 +285,7 @@ fn sketch_rows_dyn<S: Lanes>(source: &Source, xgs: &[&[F8]], vtx: &[f32], rows: 
                 if mo == 0 {
                     tile::sketch_chunk_grad_dyn::<S>(xg, k, col0 / LANES, g, &mut acc);
                 } else {
-                    tile::sketch_chunk_dyn::<S, true>(terms, xg, source.rank, k, i, col0 / LANES, g, &mut acc);
+                    tile::sketch_chunk_dyn::<S>(terms, xg, source.rank, k, i, col0 / LANES, g, &mut acc);
                 }
             }
             let dst = &mut out[(ri * moments + mo) * k..(ri * moments + mo + 1) * k];
@@ -318,19 +318,35 @@ multiversion! {
         width: usize,
         update: Option<(SharedPtr<u8>, Dtype, StepScalars)>,
     ) -> Vec<F8> {
-        let m = qs[0].len() / source.k;
-        let mut acc = vec![tile::ZERO; source.moments.len() * source.k * tile::groups(width)];
-        let mut scratch = RowScratch::<PROJECT_ROWS>::new();
-        let full = m - m % PROJECT_ROWS;
-        for row0 in (0..full).step_by(PROJECT_ROWS) {
-            project_block::<S, PROJECT_ROWS>(source, qs, col0, width, update, row0, &mut acc, &mut scratch);
+        if source.moments.len() == 2 {
+            project_tile_rows::<S, true>(source, qs, col0, width, update)
+        } else {
+            project_tile_rows::<S, false>(source, qs, col0, width, update)
         }
-        let mut single = RowScratch::<1>::new();
-        for row in full..m {
-            project_block::<S, 1>(source, qs, col0, width, update, row, &mut acc, &mut single);
-        }
-        acc
     }
+}
+
+/// `project_tile` for AdamW (two moments) or Lion: blocks of PROJECT_ROWS rows, then the rest.
+#[inline(always)]
+fn project_tile_rows<S: Lanes, const ADAMW: bool>(
+    source: &Source,
+    qs: &[&[f32]],
+    col0: usize,
+    width: usize,
+    update: Option<(SharedPtr<u8>, Dtype, StepScalars)>,
+) -> Vec<F8> {
+    let m = qs[0].len() / source.k;
+    let mut acc = vec![tile::ZERO; source.moments.len() * source.k * tile::groups(width)];
+    let mut scratch = RowScratch::<PROJECT_ROWS>::new();
+    let full = m - m % PROJECT_ROWS;
+    for row0 in (0..full).step_by(PROJECT_ROWS) {
+        project_block::<S, PROJECT_ROWS, ADAMW>(source, qs, col0, width, update, row0, &mut acc, &mut scratch);
+    }
+    let mut single = RowScratch::<1>::new();
+    for row in full..m {
+        project_block::<S, 1, ADAMW>(source, qs, col0, width, update, row, &mut acc, &mut single);
+    }
+    acc
 }
 
 /// Gradient and weight rows of one block of `R` rows, one chunk wide.
@@ -347,7 +363,7 @@ impl<const R: usize> RowScratch<R> {
 
 /// Rows `row0 .. row0 + R` of a column tile: projection, and the update when given.
 #[inline(always)]
-fn project_block<S: Lanes, const R: usize>(
+fn project_block<S: Lanes, const R: usize, const ADAMW: bool>(
     source: &Source,
     qs: &[&[f32]],
     col0: usize,
@@ -373,7 +389,7 @@ fn project_block<S: Lanes, const R: usize>(
         };
         let bacc = &mut acc[gi0..];
         match update {
-            None => project_rows_dispatch::<S, R>(source.moments, qs, source.rank, k, row0, group0, &grads, bacc, tile_groups, None),
+            None => tile::project_rows::<S, R, ADAMW>(source.moments, qs, source.rank, k, row0, group0, &grads, bacc, tile_groups, None),
             Some((param, Dtype::F32, scalars)) if len % LANES == 0 => {
                 // f32 weights are updated where they are.
                 let mut ws: [&mut [F8]; R] = std::array::from_fn(|r| {
@@ -382,7 +398,7 @@ fn project_block<S: Lanes, const R: usize>(
                     let p = unsafe { (param.get() as *mut f32).add((row0 + r) * n + chunk0) };
                     tile::as_groups_mut(unsafe { std::slice::from_raw_parts_mut(p, len) })
                 });
-                project_rows_dispatch::<S, R>(source.moments, qs, source.rank, k, row0, group0, &grads, bacc, tile_groups, Some((&scalars, &mut ws)));
+                tile::project_rows::<S, R, ADAMW>(source.moments, qs, source.rank, k, row0, group0, &grads, bacc, tile_groups, Some((&scalars, &mut ws)));
             }
             Some((param, dtype, scalars)) => {
                 for (r, w) in weights.iter_mut().enumerate() {
@@ -395,7 +411,7 @@ fn project_block<S: Lanes, const R: usize>(
                     let mut it = weights.iter_mut();
                     std::array::from_fn(|_| tile::as_groups_mut(&mut it.next().unwrap()[..padded]))
                 };
-                project_rows_dispatch::<S, R>(source.moments, qs, source.rank, k, row0, group0, &grads, bacc, tile_groups, Some((&scalars, &mut ws)));
+                tile::project_rows::<S, R, ADAMW>(source.moments, qs, source.rank, k, row0, group0, &grads, bacc, tile_groups, Some((&scalars, &mut ws)));
                 for (r, w) in weights.iter().enumerate() {
                     unsafe { dtype::store(param.get(), dtype, (row0 + r) * n + chunk0, &w[..len], scalars.rounding) };
                 }
@@ -437,26 +453,6 @@ fn negative_fill(terms: &MomentTerms, m: usize, r: usize, groups: usize) -> f32 
     }
 }
 
-/// `tile::project_rows` for the state's algorithm.
-#[inline(always)]
-fn project_rows_dispatch<S: Lanes, const R: usize>(
-    moments: &[MomentTerms],
-    qs: &[&[f32]],
-    rank: usize,
-    k: usize,
-    row0: usize,
-    group0: usize,
-    grads: &[&[F8]; R],
-    bacc: &mut [F8],
-    bstride: usize,
-    update: Option<(&StepScalars, &mut [&mut [F8]; R])>,
-) {
-    if moments.len() == 2 {
-        tile::project_rows::<S, R, true>(moments, qs, rank, k, row0, group0, grads, bacc, bstride, update)
-    } else {
-        tile::project_rows::<S, R, false>(moments, qs, rank, k, row0, group0, grads, bacc, bstride, update)
-    }
-}
 
 /// VᵀX (rank × k, row-major) for group-major V (groups × rank) and X (groups × k), in f64 and a
 /// fixed order.

@@ -83,10 +83,11 @@ pub fn update_lion<S: Lanes>(s: &StepScalars, w: S::V, m: S::V, g: S::V) -> S::V
     S::sub(S::mul(w, S::splat(s.decay)), S::mul(S::splat(s.lr), S::sign(c)))
 }
 
-/// Sketch accumulators of one row and moment: acc[l] += A[row, group]·X[group, l] over the groups
+/// Sketch accumulators of one row of AdamW's second moment (the only one sketched from a rebuild:
+/// its non-negativity fix does not split): acc[l] += V_t[row, group]·X[group, l] over the groups
 /// of one chunk (`g` holds the chunk's gradient, zero-padded to whole groups).
 #[inline(always)]
-pub fn sketch_chunk<S: Lanes, const K: usize, const SECOND: bool>(
+pub fn sketch_chunk<S: Lanes, const K: usize>(
     terms: &MomentTerms,
     xg: &[F8],
     rank: usize,
@@ -97,7 +98,7 @@ pub fn sketch_chunk<S: Lanes, const K: usize, const SECOND: bool>(
 ) {
     for (gi, g8) in g.iter().enumerate() {
         let group = group0 + gi;
-        let (_, a) = terms.step::<S, SECOND>(rank, row, group, S::load(g8));
+        let (_, a) = terms.step::<S, true>(rank, row, group, S::load(g8));
         let x = &xg[group * K..(group + 1) * K];
         for l in 0..K {
             acc[l] = S::add(acc[l], S::mul(a, S::load(&x[l])));
@@ -132,7 +133,7 @@ pub fn sketch_chunk_grad_dyn<S: Lanes>(xg: &[F8], k: usize, group0: usize, g: &[
 
 /// The same for a sketch width known only at run time (accumulators in memory).
 #[inline(always)]
-pub fn sketch_chunk_dyn<S: Lanes, const SECOND: bool>(
+pub fn sketch_chunk_dyn<S: Lanes>(
     terms: &MomentTerms,
     xg: &[F8],
     rank: usize,
@@ -144,7 +145,7 @@ pub fn sketch_chunk_dyn<S: Lanes, const SECOND: bool>(
 ) {
     for (gi, g8) in g.iter().enumerate() {
         let group = group0 + gi;
-        let (_, a) = terms.step::<S, SECOND>(rank, row, group, S::load(g8));
+        let (_, a) = terms.step::<S, true>(rank, row, group, S::load(g8));
         let x = &xg[group * k..(group + 1) * k];
         for (dst, xl) in acc.iter_mut().zip(x) {
             S::store(S::add(S::load(dst), S::mul(a, S::load(xl))), dst);
