@@ -184,6 +184,45 @@ typedef struct MlorcStepOptions {
 } MlorcStepOptions;
 
 /**
+ * Sums `count` floats at `data` in place across the group of ranks that share a sharded
+ * matrix (every rank receives the sum), as MPI_Allreduce / ncclAllReduce / torch's all_reduce
+ * with SUM do. Every rank's library calls it the same number of times with the same counts in
+ * the same order; it is called on the thread that called mlorc_step. `data` is valid during
+ * the call only (host memory on the CPU). `stream` is the step's stream (NULL on the CPU);
+ * `context` is MlorcShard.all_reduce_context. Return 0 on success; any other value fails the
+ * step with MLORC_ERROR_COLLECTIVE.
+ */
+typedef int32_t (*MlorcAllReduceFn)(float *data, size_t count, void *stream, void *context);
+
+/**
+ * The part of a rows × cols matrix one rank holds: elements [begin, end) of the row-major
+ * matrix (whole rows for FSDP-style dim-0 shards; any range for ZeRO-style flat partitions;
+ * empty is allowed), and the group's all-reduce. Fill it with mlorc_shard_init.
+ */
+typedef struct MlorcShard {
+  /**
+   * Must be sizeof(MlorcShard); set by mlorc_shard_init.
+   */
+  size_t struct_size;
+  /**
+   * First element held, counted in the row-major order of the whole matrix.
+   */
+  uint64_t begin;
+  /**
+   * One past the last element held; begin <= end <= rows·cols.
+   */
+  uint64_t end;
+  /**
+   * Required for the FACTORED layout; never called for DENSE (it may be NULL there).
+   */
+  MlorcAllReduceFn all_reduce;
+  /**
+   * Passed to all_reduce; caller-owned, must stay valid while the state lives.
+   */
+  void *all_reduce_context;
+} MlorcShard;
+
+/**
  * Name and shape of one state buffer, as told by mlorc_buffer_info.
  */
 typedef struct MlorcBufferInfo {
@@ -246,6 +285,12 @@ typedef struct MlorcBufferInfo {
  * A bug in the library (a caught panic); the message says where.
  */
 #define MLORC_ERROR_INTERNAL 7
+
+/**
+ * The all-reduce callback of a sharded state returned non-zero. The parameter shard and the
+ * state may then disagree with the other ranks: reload a checkpoint on every rank.
+ */
+#define MLORC_ERROR_COLLECTIVE 8
 
 /**
  * MLorc-AdamW: two compressed moments (exp_avg, exp_avg_sq).
@@ -332,6 +377,17 @@ MlorcStatus mlorc_tensor_desc_init(struct MlorcTensorDesc *desc,
 MlorcStatus mlorc_step_options_init(struct MlorcStepOptions *options, double lr);
 
 /**
+ * Fills `shard` for elements [begin, end) of a matrix, summed across the group by
+ * `all_reduce(…, context)`. Sets struct_size. Ranges are checked against the matrix when a
+ * state or query uses the shard. Written only on success.
+ */
+MlorcStatus mlorc_shard_init(struct MlorcShard *shard,
+                             uint64_t begin,
+                             uint64_t end,
+                             MlorcAllReduceFn all_reduce,
+                             void *context);
+
+/**
  * How many state buffers a state for (config, desc) has: 1 or 2 DENSE, 3 or 6 FACTORED.
  */
 MlorcStatus mlorc_buffer_count(const struct MlorcConfig *config,
@@ -346,6 +402,36 @@ MlorcStatus mlorc_buffer_info(const struct MlorcConfig *config,
                               const struct MlorcTensorDesc *desc,
                               size_t index,
                               struct MlorcBufferInfo *info);
+
+/**
+ * How many state buffers a state for shard `shard` of (config, desc) has (as
+ * mlorc_buffer_count).
+ */
+MlorcStatus mlorc_shard_buffer_count(const struct MlorcConfig *config,
+                                     const struct MlorcTensorDesc *desc,
+                                     const struct MlorcShard *shard,
+                                     size_t *count);
+
+/**
+ * Name and shape of state buffer `index` of a state for shard `shard` of (config, desc).
+ * FACTORED: the whole matrix's factors, as unsharded (replicated on every rank). DENSE: the
+ * moments of the shard's elements, 1 × (end − begin) (rows × cols if the shard is the whole
+ * matrix).
+ */
+MlorcStatus mlorc_shard_buffer_info(const struct MlorcConfig *config,
+                                    const struct MlorcTensorDesc *desc,
+                                    const struct MlorcShard *shard,
+                                    size_t index,
+                                    struct MlorcBufferInfo *info);
+
+/**
+ * Bytes of optimizer state a state for shard `shard` of (config, desc) holds:
+ * moments·(rows + cols + 1)·r·4 FACTORED (on every rank), moments·(end − begin)·4 DENSE.
+ */
+MlorcStatus mlorc_shard_state_bytes_required(const struct MlorcConfig *config,
+                                             const struct MlorcTensorDesc *desc,
+                                             const struct MlorcShard *shard,
+                                             size_t *bytes);
 
 /**
  * Bytes of optimizer state a state for (config, desc) holds: moments·(rows + cols + 1)·r·4
@@ -387,6 +473,33 @@ MlorcStatus mlorc_state_create_with_buffers(const struct MlorcConfig *config,
                                             struct MlorcState **out);
 
 /**
+ * Creates the state of one rank's shard `shard` of a rows × cols parameter (`desc` describes
+ * the whole matrix): elements [shard->begin, shard->end) of its row-major order. FACTORED
+ * states keep the whole matrix's factors, identical on every rank, and sum their small
+ * sketches and projections across the group through shard->all_reduce during each step
+ * (required for FACTORED); DENSE states keep the moments of their own elements and never
+ * communicate. `buffers` NULL with `count` 0: the library allocates zeroed buffers; otherwise
+ * caller buffers as in mlorc_state_create_with_buffers, shaped by mlorc_shard_buffer_info.
+ * `shard` is copied; its context must stay valid while the state lives. CPU states only in
+ * this version (a CUDA desc gives MLORC_ERROR_UNSUPPORTED).
+ *
+ * Every rank of the group must create its state with the same config and desc and step it
+ * in the same order with the same lr, grad_scale and found_inf values (found_inf must agree
+ * across the group, as torch's sharded grad scaler makes it), or the group deadlocks.
+ */
+MlorcStatus mlorc_state_create_sharded(const struct MlorcConfig *config,
+                                       const struct MlorcTensorDesc *desc,
+                                       const struct MlorcShard *shard,
+                                       float *const *buffers,
+                                       size_t count,
+                                       struct MlorcState **out);
+
+/**
+ * The elements [*begin, *end) of the matrix the state holds (0 and rows·cols unsharded).
+ */
+MlorcStatus mlorc_state_shard_range(const struct MlorcState *state, uint64_t *begin, uint64_t *end);
+
+/**
  * Destroys a state and frees what the library allocated for it (never caller buffers).
  * NULL is a no-op. The handle must not be used afterwards, nor be in use by another thread.
  */
@@ -397,9 +510,11 @@ void mlorc_state_destroy(struct MlorcState *state);
  * new moments into the state. `param` (rows·cols of desc.param_dtype) and `grad` (of
  * desc.grad_dtype) are caller-owned, row-major, contiguous, in the state's memory space, and
  * must not overlap each other or the state's buffers; they are used during the call only.
+ * A sharded state takes its shard's end − begin elements (NULL if the shard is empty).
  * Options: lr (or *lr_ptr), optional *grad_scale (the gradient is divided by it), optional
  * *found_inf (non-zero: nothing changes, not even the step count). On the CPU the step is
- * complete on return. On error nothing has changed.
+ * complete on return. On error nothing has changed, except after MLORC_ERROR_COLLECTIVE
+ * (a failed all-reduce of a sharded state, see MlorcAllReduceFn).
  */
 MlorcStatus mlorc_step(struct MlorcState *state,
                        void *param,

@@ -2,24 +2,33 @@
 //!
 //! Layout (all integers and floats little-endian):
 //! ```text
-//! magic "MLORCCK\0" | format u32 = 1 | flags u32 = 0
+//! magic "MLORCCK\0" | format u32 = 2 | flags u32 = 0
 //! algorithm, layout request, layout, rank, oversampling, power_iters,
 //!   bias_correction, stochastic_rounding: 8 × u32
 //! beta1, beta2, eps, weight_decay: 4 × f64 | seed u64 | step u64 | rows u64 | cols u64
+//! shard begin u64 | shard end u64            (format 2; format 1 has none: the whole matrix)
 //! buffer count u32 | reserved u32 = 0
 //! per buffer: name length u32 | name (UTF-8) | rows u64 | cols u64 | rows·cols × f32
 //! CRC-32 (IEEE) of every byte before it: u32
 //! ```
 //! A loader first validates every byte (checksum, fields, shapes) and only then copies, so a
 //! rejected checkpoint changes nothing.
+//!
+//! Sharded states: FACTORED factors are the whole matrix's and the same on every rank, so a
+//! FACTORED checkpoint loads into a state of any shard of the same matrix (resuming on another
+//! number of ranks). DENSE moments cover the shard's elements only, so a DENSE checkpoint needs
+//! the same range.
 
 use crate::config::{Algorithm, Config, Layout, LayoutRequest, Plan, TensorDesc};
 use crate::error::{Error, Result};
+use crate::shard::Shard;
 use crate::state::State;
 
 const MAGIC: &[u8; 8] = b"MLORCCK\0";
-const FORMAT_VERSION: u32 = 1;
-const HEADER_BYTES: usize = 8 + 4 + 4 + 8 * 4 + 4 * 8 + 4 * 8 + 4 + 4;
+const FORMAT_VERSION: u32 = 2;
+/// Header of format 1, the shortest.
+const HEADER_BYTES_V1: usize = 8 + 4 + 4 + 8 * 4 + 4 * 8 + 4 * 8 + 4 + 4;
+const HEADER_BYTES: usize = HEADER_BYTES_V1 + 2 * 8;
 
 /// Bytes `save` writes for this state.
 pub fn saved_size(state: &State) -> usize {
@@ -56,6 +65,8 @@ pub fn save(state: &State, out: &mut [u8]) -> Result<usize> {
     w.u64(state.step_count());
     w.u64(plan.rows as u64);
     w.u64(plan.cols as u64);
+    w.u64(plan.shard.begin as u64);
+    w.u64(plan.shard.end as u64);
     let specs = state.buffer_specs();
     w.u32(specs.len() as u32);
     w.u32(0);
@@ -79,16 +90,25 @@ pub fn save(state: &State, out: &mut [u8]) -> Result<usize> {
 /// valid checkpoint of another shape; either way the state is unchanged.
 pub fn load(state: &mut State, bytes: &[u8]) -> Result<()> {
     let parsed = parse(bytes)?;
-    let plan = Plan::new(&parsed.config, &TensorDesc { rows: parsed.rows, cols: parsed.cols, ..*state.desc() })
-        .map_err(|e| corrupt(format!("invalid configuration: {e}")))?;
+    let desc = TensorDesc { rows: parsed.rows, cols: parsed.cols, ..*state.desc() };
+    let plan = Plan::sharded(&parsed.config, &desc, parsed.shard)
+        .map_err(|e| corrupt(format!("invalid configuration or shard: {e}")))?;
     if parsed.resolved_layout != layout_code(plan.layout) {
         return Err(corrupt(format!("layout field {} does not match the configuration", parsed.resolved_layout)));
     }
-    if plan != *state.plan() || !parsed.config.same_structure(state.config()) {
-        let p = state.plan();
+    let p = *state.plan();
+    // Replicated factors load into any shard of the same matrix.
+    let same_shape = Plan { shard: p.shard, ..plan } == p;
+    if !same_shape || !parsed.config.same_structure(state.config()) {
         return Err(Error::InvalidArgument(format!(
             "checkpoint holds a {}x{} {:?} {:?} rank-{} state, this state is {}x{} {:?} {:?} rank-{}",
             plan.rows, plan.cols, plan.algorithm, plan.layout, plan.rank, p.rows, p.cols, p.algorithm, p.layout, p.rank
+        )));
+    }
+    if plan.layout == Layout::Dense && plan.shard != p.shard {
+        return Err(Error::InvalidArgument(format!(
+            "checkpoint holds the DENSE moments of elements [{}, {}), this state holds [{}, {}): dense moments are per element, so load the checkpoint of the rank that held this range (or copy element ranges with mlorc_state_write_buffer)",
+            plan.shard.begin, plan.shard.end, p.shard.begin, p.shard.end
         )));
     }
     let specs = plan.buffers();
@@ -124,6 +144,7 @@ struct Parsed<'a> {
     step: u64,
     rows: usize,
     cols: usize,
+    shard: Shard,
     buffers: Vec<(&'a [u8], usize, usize, &'a [u8])>,
 }
 
@@ -132,7 +153,7 @@ fn corrupt(msg: String) -> Error {
 }
 
 fn parse(bytes: &[u8]) -> Result<Parsed<'_>> {
-    if bytes.len() < HEADER_BYTES + 4 {
+    if bytes.len() < HEADER_BYTES_V1 + 4 {
         return Err(corrupt(format!("{} bytes, shorter than any checkpoint", bytes.len())));
     }
     if &bytes[..8] != MAGIC {
@@ -145,8 +166,8 @@ fn parse(bytes: &[u8]) -> Result<Parsed<'_>> {
     }
     let mut r = Reader { data: body, pos: 8 };
     let version = r.u32()?;
-    if version != FORMAT_VERSION {
-        return Err(corrupt(format!("format version {version}, this library reads {FORMAT_VERSION}")));
+    if version != 1 && version != FORMAT_VERSION {
+        return Err(corrupt(format!("format version {version}, this library reads 1 to {FORMAT_VERSION}")));
     }
     if r.u32()? != 0 {
         return Err(corrupt("unknown flags".into()));
@@ -176,6 +197,11 @@ fn parse(bytes: &[u8]) -> Result<Parsed<'_>> {
     let step = r.u64()?;
     let rows = r.size()?;
     let cols = r.size()?;
+    let shard = if version >= 2 {
+        Shard { begin: r.size()?, end: r.size()? }
+    } else {
+        Shard::whole(rows.saturating_mul(cols))
+    };
     let config = Config {
         algorithm,
         layout,
@@ -214,7 +240,7 @@ fn parse(bytes: &[u8]) -> Result<Parsed<'_>> {
     if r.pos != body.len() {
         return Err(corrupt(format!("{} trailing bytes", body.len() - r.pos)));
     }
-    Ok(Parsed { config, resolved_layout: resolved, step, rows, cols, buffers })
+    Ok(Parsed { config, resolved_layout: resolved, step, rows, cols, shard, buffers })
 }
 
 fn algorithm_code(a: Algorithm) -> u32 {

@@ -2,6 +2,7 @@
 //! tensor gets, its effective rank and sketch width, and the list of state buffers.
 
 use crate::error::{invalid, Result};
+use crate::shard::Shard;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algorithm {
@@ -195,6 +196,8 @@ pub struct Plan {
     pub rank: usize,
     /// Sketch width k = min(rank + oversampling, rows, cols). Zero for DENSE.
     pub sketch: usize,
+    /// The elements this state holds (the whole matrix unless sharded).
+    pub shard: Shard,
 }
 
 /// Name and shape of one f32 state buffer.
@@ -230,8 +233,15 @@ const FACTOR_NAMES: [[&str; 3]; 2] = [
 
 impl Plan {
     pub fn new(config: &Config, desc: &TensorDesc) -> Result<Plan> {
+        Plan::sharded(config, desc, Shard::whole(desc.rows.saturating_mul(desc.cols)))
+    }
+
+    /// The plan of a state holding elements `shard` of the matrix. The layout and rank depend on
+    /// the whole matrix only, so every rank of a group gets the same.
+    pub fn sharded(config: &Config, desc: &TensorDesc, shard: Shard) -> Result<Plan> {
         config.validate()?;
         desc.validate()?;
+        shard.validate(desc.elements())?;
         let (m, n) = (desc.rows, desc.cols);
         let max_rank = m.min(n);
         let rank = (config.rank as usize).min(max_rank);
@@ -247,22 +257,29 @@ impl Plan {
             Layout::Dense => (0, 0),
             Layout::Factored => (rank, (rank + config.oversampling as usize).min(max_rank)),
         };
-        Ok(Plan { algorithm: config.algorithm, layout, rows: m, cols: n, rank, sketch })
+        Ok(Plan { algorithm: config.algorithm, layout, rows: m, cols: n, rank, sketch, shard })
     }
 
     pub fn moments(&self) -> usize {
         moment_count(self.algorithm)
     }
 
-    /// The state buffers in their canonical order (the order of `mlorc_buffer_info`).
+    pub fn is_sharded(&self) -> bool {
+        !self.shard.is_whole(self.rows * self.cols)
+    }
+
+    /// The state buffers in their canonical order (the order of `mlorc_buffer_info`). Factors
+    /// are the whole matrix's, sharded or not; dense moments cover the shard's elements only
+    /// (1 × len when sharded).
     pub fn buffers(&self) -> Vec<BufferSpec> {
         let mut out = Vec::with_capacity(6);
+        let (dense_rows, dense_cols) = if self.is_sharded() { (1, self.shard.len()) } else { (self.rows, self.cols) };
         for moment in 0..self.moments() {
             match self.layout {
                 Layout::Dense => out.push(BufferSpec {
                     name: MOMENT_NAMES[moment],
-                    rows: self.rows,
-                    cols: self.cols,
+                    rows: dense_rows,
+                    cols: dense_cols,
                 }),
                 Layout::Factored => {
                     let [u, s, v] = FACTOR_NAMES[moment];
@@ -275,7 +292,8 @@ impl Plan {
         out
     }
 
-    /// Bytes of optimizer state: moments · (m + n + 1) · r · 4 factored, moments · m · n · 4 dense.
+    /// Bytes of optimizer state: moments · (m + n + 1) · r · 4 factored (on every rank of a
+    /// sharded matrix), moments · elements · 4 dense (the shard's elements).
     pub fn state_bytes(&self) -> usize {
         self.buffers().iter().map(|b| b.len() * 4).sum()
     }

@@ -10,14 +10,16 @@ use crate::rng::{self, Stream};
 /// Converts `out.len()` elements starting at element `offset` of `src` to f32, times `scale`.
 ///
 /// # Safety
-/// `src` must point to at least `offset + out.len()` readable elements of `dtype`.
+/// Elements `offset .. offset + out.len()` counted from `src` must be readable memory of `dtype`.
+/// `src` itself may lie before the allocation (the base of a shard, see `StepIo::base`); the
+/// offset arithmetic wraps, and only the addressed range is touched.
 #[inline]
 pub unsafe fn load(src: *const u8, dtype: Dtype, offset: usize, out: &mut [f32], scale: f32) {
     let len = out.len();
     match dtype {
         Dtype::F32 => {
             // SAFETY: the caller guarantees the range is readable.
-            let s = std::slice::from_raw_parts((src as *const f32).add(offset), len);
+            let s = std::slice::from_raw_parts((src as *const f32).wrapping_add(offset), len);
             if scale == 1.0 {
                 out.copy_from_slice(s);
             } else {
@@ -27,14 +29,14 @@ pub unsafe fn load(src: *const u8, dtype: Dtype, offset: usize, out: &mut [f32],
             }
         }
         Dtype::F16 => {
-            let s = std::slice::from_raw_parts((src as *const f16).add(offset), len);
+            let s = std::slice::from_raw_parts((src as *const f16).wrapping_add(offset), len);
             s.convert_to_f32_slice(out);
             if scale != 1.0 {
                 out.iter_mut().for_each(|o| *o *= scale);
             }
         }
         Dtype::Bf16 => {
-            let s = std::slice::from_raw_parts((src as *const u16).add(offset), len);
+            let s = std::slice::from_raw_parts((src as *const u16).wrapping_add(offset), len);
             for (o, &x) in out.iter_mut().zip(s) {
                 *o = f32::from_bits((x as u32) << 16) * scale;
             }
@@ -50,29 +52,31 @@ pub enum Rounding {
     Stochastic { seed: u64, step: u64 },
 }
 
-/// Writes `vals` into elements `offset..offset + vals.len()` of `dst`.
+/// Writes `vals` into elements `offset..offset + vals.len()` of `dst`. Stochastic rounding draws
+/// its bits from the element index `offset + i`, so a shard rounds as the whole tensor would.
 ///
 /// # Safety
-/// `dst` must point to at least `offset + vals.len()` writable elements of `dtype`.
+/// Elements `offset .. offset + vals.len()` counted from `dst` must be writable memory of
+/// `dtype` (`dst` may lie before the allocation, as for `load`).
 #[inline]
 pub unsafe fn store(dst: *mut u8, dtype: Dtype, offset: usize, vals: &[f32], rounding: Rounding) {
     let len = vals.len();
     match (dtype, rounding) {
         (Dtype::F32, _) => {
             // SAFETY: the caller guarantees the range is writable.
-            std::slice::from_raw_parts_mut((dst as *mut f32).add(offset), len).copy_from_slice(vals);
+            std::slice::from_raw_parts_mut((dst as *mut f32).wrapping_add(offset), len).copy_from_slice(vals);
         }
         (Dtype::F16, Rounding::NearestEven) => {
-            std::slice::from_raw_parts_mut((dst as *mut f16).add(offset), len).convert_from_f32_slice(vals);
+            std::slice::from_raw_parts_mut((dst as *mut f16).wrapping_add(offset), len).convert_from_f32_slice(vals);
         }
         (Dtype::Bf16, Rounding::NearestEven) => {
-            let d = std::slice::from_raw_parts_mut((dst as *mut bf16).add(offset), len);
+            let d = std::slice::from_raw_parts_mut((dst as *mut bf16).wrapping_add(offset), len);
             for (o, &x) in d.iter_mut().zip(vals) {
                 *o = bf16::from_f32(x);
             }
         }
         (Dtype::F16 | Dtype::Bf16, Rounding::Stochastic { seed, step }) => {
-            let d = std::slice::from_raw_parts_mut((dst as *mut u16).add(offset), len);
+            let d = std::slice::from_raw_parts_mut((dst as *mut u16).wrapping_add(offset), len);
             let key = rng::key(seed);
             let mut e = offset;
             let mut words = [0u32; 4];

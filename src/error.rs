@@ -12,6 +12,8 @@ pub enum Error {
     Device(String),
     DeviceUnavailable(String),
     Internal(String),
+    /// The caller's all-reduce of a sharded state failed.
+    Collective(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -25,7 +27,8 @@ impl Error {
             | Error::CorruptCheckpoint(m)
             | Error::Device(m)
             | Error::DeviceUnavailable(m)
-            | Error::Internal(m) => m,
+            | Error::Internal(m)
+            | Error::Collective(m) => m,
         }
     }
 }

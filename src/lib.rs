@@ -12,6 +12,7 @@ pub mod dtype;
 pub mod error;
 pub mod linalg;
 pub mod rng;
+pub mod shard;
 pub mod state;
 pub mod step;
 

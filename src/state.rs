@@ -9,6 +9,7 @@ use crate::config::{Config, Device, Dtype, Layout, Plan, TensorDesc, BufferSpec}
 use crate::cpu;
 use crate::cuda::CudaState;
 use crate::error::{invalid, try_zeroed, Error, Result};
+use crate::shard::{Collective, Shard};
 use crate::step::{self, StepIo, StepScalars};
 
 /// Where a buffer's memory comes from.
@@ -96,6 +97,8 @@ pub struct State {
     /// The CUDA backend's state (device buffers, workspace, device step counter); `buffers` is
     /// then empty.
     cuda: Option<Box<CudaState>>,
+    /// The group's all-reduce, when the matrix is sharded across ranks.
+    collective: Option<Collective>,
 }
 
 // SAFETY: a State is used by one thread at a time (the C API enforces it); borrowed buffers are
@@ -105,17 +108,36 @@ unsafe impl Send for State {}
 impl State {
     /// A fresh state with zeroed buffers allocated by the library.
     pub fn new(config: &Config, desc: &TensorDesc) -> Result<State> {
-        let plan = Self::plan_for(config, desc)?;
+        Self::new_sharded(config, desc, Shard::whole(desc.rows.saturating_mul(desc.cols)), None)
+    }
+
+    /// A fresh state for elements `shard` of the matrix `desc`, its buffers allocated by the
+    /// library. With a collective, every FACTORED step sums its sketches and projections across
+    /// the group (every rank must then step together); a FACTORED shard that is not the whole
+    /// matrix needs one.
+    pub fn new_sharded(config: &Config, desc: &TensorDesc, shard: Shard, collective: Option<Collective>) -> Result<State> {
+        let plan = Self::plan_for(config, desc, shard, collective.as_ref())?;
         if let Device::Cuda(ordinal) = desc.device {
             let cuda = CudaState::new(plan, desc, ordinal, None)?;
-            return Ok(State { config: *config, desc: *desc, plan, buffers: Vec::new(), step: 0, cuda: Some(Box::new(cuda)) });
+            return Ok(State::assemble(config, desc, plan, Vec::new(), Some(Box::new(cuda)), collective));
         }
         let buffers = plan
             .buffers()
             .into_iter()
             .map(|spec| Ok(Buffer { spec, storage: Storage::Owned(try_zeroed(spec.len(), spec.name)?) }))
             .collect::<Result<Vec<_>>>()?;
-        Ok(State { config: *config, desc: *desc, plan, buffers, step: 0, cuda: None })
+        Ok(State::assemble(config, desc, plan, buffers, None, collective))
+    }
+
+    fn assemble(
+        config: &Config,
+        desc: &TensorDesc,
+        plan: Plan,
+        buffers: Vec<Buffer>,
+        cuda: Option<Box<CudaState>>,
+        collective: Option<Collective>,
+    ) -> State {
+        State { config: *config, desc: *desc, plan, buffers, step: 0, cuda, collective }
     }
 
     /// A state over caller buffers, one per `Plan::buffers` entry and in that order. Their
@@ -125,7 +147,21 @@ impl State {
     /// Each pointer must be valid for reads and writes of its buffer's length, suitably aligned,
     /// not overlap another buffer, and stay valid and untouched by others while the state lives.
     pub unsafe fn with_buffers(config: &Config, desc: &TensorDesc, pointers: &[*mut f32]) -> Result<State> {
-        let plan = Self::plan_for(config, desc)?;
+        Self::with_buffers_sharded(config, desc, Shard::whole(desc.rows.saturating_mul(desc.cols)), None, pointers)
+    }
+
+    /// `with_buffers` for elements `shard` of the matrix (see `new_sharded`).
+    ///
+    /// # Safety
+    /// As `with_buffers`.
+    pub unsafe fn with_buffers_sharded(
+        config: &Config,
+        desc: &TensorDesc,
+        shard: Shard,
+        collective: Option<Collective>,
+        pointers: &[*mut f32],
+    ) -> Result<State> {
+        let plan = Self::plan_for(config, desc, shard, collective.as_ref())?;
         let specs = plan.buffers();
         if pointers.len() != specs.len() {
             return invalid!(
@@ -140,7 +176,7 @@ impl State {
                 return invalid!("buffer {} is NULL", specs[i].name);
             }
             let cuda = CudaState::new(plan, desc, ordinal, Some(pointers))?;
-            return Ok(State { config: *config, desc: *desc, plan, buffers: Vec::new(), step: 0, cuda: Some(Box::new(cuda)) });
+            return Ok(State::assemble(config, desc, plan, Vec::new(), Some(Box::new(cuda)), collective));
         }
         let mut buffers = Vec::with_capacity(specs.len());
         for (spec, &p) in specs.into_iter().zip(pointers) {
@@ -152,11 +188,25 @@ impl State {
             }
             buffers.push(Buffer { spec, storage: Storage::Borrowed(p) });
         }
-        Ok(State { config: *config, desc: *desc, plan, buffers, step: 0, cuda: None })
+        Ok(State::assemble(config, desc, plan, buffers, None, collective))
     }
 
-    fn plan_for(config: &Config, desc: &TensorDesc) -> Result<Plan> {
-        let plan = Plan::new(config, desc)?;
+    fn plan_for(config: &Config, desc: &TensorDesc, shard: Shard, collective: Option<&Collective>) -> Result<Plan> {
+        let plan = Plan::sharded(config, desc, shard)?;
+        if plan.is_sharded() && plan.layout == Layout::Factored && collective.is_none() {
+            return invalid!(
+                "shard [{}, {}) of a {}x{} FACTORED matrix needs an all-reduce callback: its sketches are sums over every rank's elements",
+                shard.begin,
+                shard.end,
+                desc.rows,
+                desc.cols
+            );
+        }
+        if let (Device::Cuda(_), true) = (desc.device, plan.is_sharded() || collective.is_some()) {
+            return Err(Error::Unsupported(
+                "sharded states run on the CPU backend in this version; the CUDA backend takes whole matrices".into(),
+            ));
+        }
         match desc.device {
             Device::Cpu => Ok(plan),
             Device::Cuda(_) => {
@@ -174,6 +224,10 @@ impl State {
     }
     pub fn plan(&self) -> &Plan {
         &self.plan
+    }
+    /// The elements of the matrix this state holds.
+    pub fn shard(&self) -> Shard {
+        self.plan.shard
     }
     /// The step count (CPU). A CUDA state keeps its count on the device: see `try_step_count`.
     pub fn step_count(&self) -> u64 {
@@ -300,11 +354,12 @@ impl State {
         self.buffers.iter_mut().map(|b| b.as_mut_slice()).collect()
     }
 
-    /// One step on slices (the safe Rust API).
+    /// One step on slices (the safe Rust API): the state's elements (the whole tensor, or the
+    /// shard's elements in row-major order).
     pub fn step<P: Element, G: Element>(&mut self, param: &mut [P], grad: &[G], options: &StepOptions) -> Result<()> {
-        let n = self.desc.elements();
+        let n = self.plan.shard.len();
         if param.len() != n || grad.len() != n {
-            return invalid!("param has {} and grad {} elements, the tensor has {n}", param.len(), grad.len());
+            return invalid!("param has {} and grad {} elements, the state holds {n}", param.len(), grad.len());
         }
         if P::DTYPE != self.desc.param_dtype || G::DTYPE != self.desc.grad_dtype {
             return invalid!(
@@ -335,11 +390,12 @@ impl State {
     /// One step on raw memory: ALGORITHM.md, steps 1–5.
     ///
     /// # Safety
-    /// `param` and `grad` must point to rows·cols elements of the descriptor's dtypes in the
-    /// state's memory space, not overlapping each other or the state's buffers; the optional
-    /// scalar pointers must be NULL or point to one readable f32.
+    /// `param` and `grad` must point to the state's elements (rows·cols, or the shard's) of the
+    /// descriptor's dtypes in the state's memory space, not overlapping each other or the
+    /// state's buffers; the optional scalar pointers must be NULL or point to one readable f32.
     pub unsafe fn step_raw(&mut self, request: &StepRequest) -> Result<()> {
-        if request.param.is_null() || request.grad.is_null() {
+        let empty = self.plan.shard.is_empty();
+        if !empty && (request.param.is_null() || request.grad.is_null()) {
             return invalid!("param and grad must not be NULL");
         }
         if let Some(cuda) = &mut self.cuda {
@@ -359,26 +415,27 @@ impl State {
         let grad_scale = (!request.grad_scale.is_null()).then(|| *request.grad_scale);
         let t = self.step.checked_add(1).ok_or_else(|| Error::InvalidArgument("step count overflow".into()))?;
         let scalars = StepScalars::new(&self.config, t, lr, grad_scale)?;
+        // Element (0, 0) of the whole matrix, which a shard's memory starts after.
+        let first = self.plan.shard.begin;
         let io = StepIo {
-            param: request.param,
+            param: request.param.wrapping_sub(first * self.desc.param_dtype.size()),
             param_dtype: self.desc.param_dtype,
-            grad: request.grad,
+            grad: request.grad.wrapping_sub(first * self.desc.grad_dtype.size()),
             grad_dtype: self.desc.grad_dtype,
         };
-        let (plan, power_iters, seed) = (self.plan, self.config.power_iters, self.config.seed);
-        let elements = self.desc.elements();
+        let (plan, power_iters, seed, collective) = (self.plan, self.config.power_iters, self.config.seed, self.collective);
         let moments = self.buffers_mut();
-        cpu::run(move || match plan.layout {
+        match plan.layout {
             Layout::Dense => {
-                // SAFETY: param/grad hold `elements` values (contract of this function).
-                unsafe { cpu::dense_step(&scalars, &io, elements, moments) };
-                Ok(())
+                let (start, len) = (plan.shard.begin, plan.shard.len());
+                // SAFETY: param/grad hold the shard's elements (contract of this function).
+                cpu::run(move || unsafe { cpu::dense_step(&scalars, &io, start, len, moments) });
             }
             Layout::Factored => {
-                let mut passes = cpu::CpuFactored::new(plan, scalars, io, seed, moments)?;
-                step::run_factored(&mut passes, power_iters)
+                let mut passes = cpu::CpuFactored::new(plan, scalars, io, seed, moments, collective)?;
+                step::run_factored(&mut passes, power_iters)?;
             }
-        })?;
+        }
         self.step = t;
         Ok(())
     }

@@ -80,7 +80,10 @@ impl StepScalars {
 
 }
 
-/// The parameter and gradient of one step, as raw memory of the state's device.
+/// The parameter and gradient of one step, as raw memory of the state's device: the addresses
+/// of element (0, 0) of the whole matrix. For a shard that starts at element b they lie b
+/// elements before the caller's memory (wrapping arithmetic), so every pass addresses element
+/// (i, j) at offset i·cols + j and touches only the shard's elements.
 #[derive(Debug, Clone, Copy)]
 pub struct StepIo {
     pub param: *mut u8,

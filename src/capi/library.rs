@@ -4,7 +4,8 @@
 use std::ffi::c_char;
 
 use crate::config::{Config, Layout, Plan};
-use crate::error::invalid;
+use crate::error::{invalid, Result};
+use crate::shard::{Collective, Shard};
 
 use super::status::{guard, last_error_ptr};
 use super::types::*;
@@ -42,6 +43,7 @@ pub extern "C" fn mlorc_status_string(status: MlorcStatus) -> *const c_char {
         MLORC_ERROR_DEVICE => "MLORC_ERROR_DEVICE\0",
         MLORC_ERROR_DEVICE_UNAVAILABLE => "MLORC_ERROR_DEVICE_UNAVAILABLE\0",
         MLORC_ERROR_INTERNAL => "MLORC_ERROR_INTERNAL\0",
+        MLORC_ERROR_COLLECTIVE => "MLORC_ERROR_COLLECTIVE\0",
         _ => "unknown status\0",
     };
     s.as_ptr() as *const c_char
@@ -107,10 +109,50 @@ pub extern "C" fn mlorc_step_options_init(options: *mut MlorcStepOptions, lr: f6
     })
 }
 
-pub(crate) fn plan_of(config: *const MlorcConfig, desc: *const MlorcTensorDesc) -> crate::error::Result<Plan> {
+/// Fills `shard` for elements [begin, end) of a matrix, summed across the group by
+/// `all_reduce(…, context)`. Sets struct_size. Ranges are checked against the matrix when a
+/// state or query uses the shard. Written only on success.
+#[no_mangle]
+pub extern "C" fn mlorc_shard_init(
+    shard: *mut MlorcShard,
+    begin: u64,
+    end: u64,
+    all_reduce: MlorcAllReduceFn,
+    context: *mut std::ffi::c_void,
+) -> MlorcStatus {
+    guard("mlorc_shard_init", || {
+        let value = MlorcShard {
+            struct_size: std::mem::size_of::<MlorcShard>(),
+            begin,
+            end,
+            all_reduce,
+            all_reduce_context: context,
+        };
+        write_out(shard, value, "shard")
+    })
+}
+
+pub(crate) fn plan_of(config: *const MlorcConfig, desc: *const MlorcTensorDesc) -> Result<Plan> {
     let config = read_struct(config, "config")?.to_config()?;
     let desc = read_struct(desc, "desc")?.to_desc()?;
     Plan::new(&config, &desc)
+}
+
+/// The library's view of a caller's MlorcShard.
+pub(crate) fn shard_of(shard: *const MlorcShard) -> Result<(Shard, Option<Collective>)> {
+    let s = read_struct(shard, "shard")?;
+    let (Ok(begin), Ok(end)) = (usize::try_from(s.begin), usize::try_from(s.end)) else {
+        return invalid!("shard [{}, {}) does not fit in this machine's address space", s.begin, s.end);
+    };
+    let collective = s.all_reduce.map(|all_reduce| Collective { all_reduce, context: s.all_reduce_context });
+    Ok((Shard { begin, end }, collective))
+}
+
+fn sharded_plan_of(config: *const MlorcConfig, desc: *const MlorcTensorDesc, shard: *const MlorcShard) -> Result<Plan> {
+    let config = read_struct(config, "config")?.to_config()?;
+    let desc = read_struct(desc, "desc")?.to_desc()?;
+    let (shard, _) = shard_of(shard)?;
+    Plan::sharded(&config, &desc, shard)
 }
 
 /// How many state buffers a state for (config, desc) has: 1 or 2 DENSE, 3 or 6 FACTORED.
@@ -132,14 +174,60 @@ pub extern "C" fn mlorc_buffer_info(
     index: usize,
     info: *mut MlorcBufferInfo,
 ) -> MlorcStatus {
-    guard("mlorc_buffer_info", || {
-        let buffers = plan_of(config, desc)?.buffers();
+    guard("mlorc_buffer_info", || write_buffer_info(&plan_of(config, desc)?, index, info))
+}
+
+/// How many state buffers a state for shard `shard` of (config, desc) has (as
+/// mlorc_buffer_count).
+#[no_mangle]
+pub extern "C" fn mlorc_shard_buffer_count(
+    config: *const MlorcConfig,
+    desc: *const MlorcTensorDesc,
+    shard: *const MlorcShard,
+    count: *mut usize,
+) -> MlorcStatus {
+    guard("mlorc_shard_buffer_count", || write_out(count, sharded_plan_of(config, desc, shard)?.buffers().len(), "count"))
+}
+
+/// Name and shape of state buffer `index` of a state for shard `shard` of (config, desc).
+/// FACTORED: the whole matrix's factors, as unsharded (replicated on every rank). DENSE: the
+/// moments of the shard's elements, 1 × (end − begin) (rows × cols if the shard is the whole
+/// matrix).
+#[no_mangle]
+pub extern "C" fn mlorc_shard_buffer_info(
+    config: *const MlorcConfig,
+    desc: *const MlorcTensorDesc,
+    shard: *const MlorcShard,
+    index: usize,
+    info: *mut MlorcBufferInfo,
+) -> MlorcStatus {
+    guard("mlorc_shard_buffer_info", || write_buffer_info(&sharded_plan_of(config, desc, shard)?, index, info))
+}
+
+/// Bytes of optimizer state a state for shard `shard` of (config, desc) holds:
+/// moments·(rows + cols + 1)·r·4 FACTORED (on every rank), moments·(end − begin)·4 DENSE.
+#[no_mangle]
+pub extern "C" fn mlorc_shard_state_bytes_required(
+    config: *const MlorcConfig,
+    desc: *const MlorcTensorDesc,
+    shard: *const MlorcShard,
+    bytes: *mut usize,
+) -> MlorcStatus {
+    guard("mlorc_shard_state_bytes_required", || {
+        write_out(bytes, sharded_plan_of(config, desc, shard)?.state_bytes(), "bytes")
+    })
+}
+
+fn write_buffer_info(plan: &Plan, index: usize, info: *mut MlorcBufferInfo) -> Result<()> {
+    {
+        let buffers = plan.buffers();
         let Some(spec) = buffers.get(index) else {
             return invalid!("index {index} is out of range: there are {} buffers", buffers.len());
         };
         if info.is_null() {
             return invalid!("info is NULL");
         }
+        // SAFETY: a non-NULL info points to a caller struct that starts with its size_t size.
         let size = unsafe { std::ptr::read_unaligned(info as *const usize) };
         check_struct_size(size, std::mem::size_of::<MlorcBufferInfo>(), "info")?;
         let names: &'static [&'static str] = &[
@@ -162,7 +250,7 @@ pub extern "C" fn mlorc_buffer_info(
             bytes: spec.len() * 4,
         };
         write_out(info, value, "info")
-    })
+    }
 }
 
 /// Bytes of optimizer state a state for (config, desc) holds: moments·(rows + cols + 1)·r·4

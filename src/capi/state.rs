@@ -7,7 +7,7 @@ use crate::checkpoint;
 use crate::error::invalid;
 use crate::state::{LearningRate, State, StepRequest};
 
-use super::library::layout_to_c;
+use super::library::{layout_to_c, shard_of};
 use super::status::guard;
 use super::types::*;
 use super::{caller_slice, caller_slice_mut, read_struct, with_state, write_out, MlorcState};
@@ -61,6 +61,52 @@ pub extern "C" fn mlorc_state_create_with_buffers(
     })
 }
 
+/// Creates the state of one rank's shard `shard` of a rows × cols parameter (`desc` describes
+/// the whole matrix): elements [shard->begin, shard->end) of its row-major order. FACTORED
+/// states keep the whole matrix's factors, identical on every rank, and sum their small
+/// sketches and projections across the group through shard->all_reduce during each step
+/// (required for FACTORED); DENSE states keep the moments of their own elements and never
+/// communicate. `buffers` NULL with `count` 0: the library allocates zeroed buffers; otherwise
+/// caller buffers as in mlorc_state_create_with_buffers, shaped by mlorc_shard_buffer_info.
+/// `shard` is copied; its context must stay valid while the state lives. CPU states only in
+/// this version (a CUDA desc gives MLORC_ERROR_UNSUPPORTED).
+///
+/// Every rank of the group must create its state with the same config and desc and step it
+/// in the same order with the same lr, grad_scale and found_inf values (found_inf must agree
+/// across the group, as torch's sharded grad scaler makes it), or the group deadlocks.
+#[no_mangle]
+pub extern "C" fn mlorc_state_create_sharded(
+    config: *const MlorcConfig,
+    desc: *const MlorcTensorDesc,
+    shard: *const MlorcShard,
+    buffers: *const *mut f32,
+    count: usize,
+    out: *mut *mut MlorcState,
+) -> MlorcStatus {
+    guard("mlorc_state_create_sharded", || {
+        let (range, collective) = shard_of(shard)?;
+        if buffers.is_null() && count == 0 {
+            return create(config, desc, out, |c, d| State::new_sharded(c, d, range, collective));
+        }
+        let pointers = caller_slice(buffers, count, "buffers")?;
+        // SAFETY: the caller lends the buffers under the contract documented above.
+        create(config, desc, out, |c, d| unsafe { State::with_buffers_sharded(c, d, range, collective, pointers) })
+    })
+}
+
+/// The elements [*begin, *end) of the matrix the state holds (0 and rows·cols unsharded).
+#[no_mangle]
+pub extern "C" fn mlorc_state_shard_range(state: *const MlorcState, begin: *mut u64, end: *mut u64) -> MlorcStatus {
+    guard("mlorc_state_shard_range", || {
+        if begin.is_null() || end.is_null() {
+            return invalid!("begin and end must not be NULL");
+        }
+        let shard = with_state(state, |s| Ok(s.shard()))?;
+        write_out(begin, shard.begin as u64, "begin")?;
+        write_out(end, shard.end as u64, "end")
+    })
+}
+
 /// Destroys a state and frees what the library allocated for it (never caller buffers).
 /// NULL is a no-op. The handle must not be used afterwards, nor be in use by another thread.
 #[no_mangle]
@@ -78,9 +124,11 @@ pub extern "C" fn mlorc_state_destroy(state: *mut MlorcState) {
 /// new moments into the state. `param` (rows·cols of desc.param_dtype) and `grad` (of
 /// desc.grad_dtype) are caller-owned, row-major, contiguous, in the state's memory space, and
 /// must not overlap each other or the state's buffers; they are used during the call only.
+/// A sharded state takes its shard's end − begin elements (NULL if the shard is empty).
 /// Options: lr (or *lr_ptr), optional *grad_scale (the gradient is divided by it), optional
 /// *found_inf (non-zero: nothing changes, not even the step count). On the CPU the step is
-/// complete on return. On error nothing has changed.
+/// complete on return. On error nothing has changed, except after MLORC_ERROR_COLLECTIVE
+/// (a failed all-reduce of a sharded state, see MlorcAllReduceFn).
 #[no_mangle]
 pub extern "C" fn mlorc_step(
     state: *mut MlorcState,
@@ -90,12 +138,6 @@ pub extern "C" fn mlorc_step(
 ) -> MlorcStatus {
     guard("mlorc_step", || {
         let options = read_struct(options, "options")?;
-        if param.is_null() {
-            return invalid!("param is NULL");
-        }
-        if grad.is_null() {
-            return invalid!("grad is NULL");
-        }
         let request = StepRequest {
             param: param as *mut u8,
             grad: grad as *const u8,
@@ -108,8 +150,19 @@ pub extern "C" fn mlorc_step(
             found_inf: options.found_inf,
             stream: options.stream,
         };
-        // SAFETY: the caller's contract above covers param, grad and the option pointers.
-        with_state(state, |s| unsafe { s.step_raw(&request) })
+        with_state(state, |s| {
+            // An empty shard has no elements to point to.
+            if !s.shard().is_empty() {
+                if param.is_null() {
+                    return invalid!("param is NULL");
+                }
+                if grad.is_null() {
+                    return invalid!("grad is NULL");
+                }
+            }
+            // SAFETY: the caller's contract above covers param, grad and the option pointers.
+            unsafe { s.step_raw(&request) }
+        })
     })
 }
 

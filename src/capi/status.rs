@@ -22,6 +22,7 @@ pub(crate) fn status_of(error: &Error) -> MlorcStatus {
         Error::Device(_) => MLORC_ERROR_DEVICE,
         Error::DeviceUnavailable(_) => MLORC_ERROR_DEVICE_UNAVAILABLE,
         Error::Internal(_) => MLORC_ERROR_INTERNAL,
+        Error::Collective(_) => MLORC_ERROR_COLLECTIVE,
     }
 }
 

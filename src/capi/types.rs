@@ -29,6 +29,9 @@ pub const MLORC_ERROR_DEVICE: MlorcStatus = 5;
 pub const MLORC_ERROR_DEVICE_UNAVAILABLE: MlorcStatus = 6;
 /// A bug in the library (a caught panic); the message says where.
 pub const MLORC_ERROR_INTERNAL: MlorcStatus = 7;
+/// The all-reduce callback of a sharded state returned non-zero. The parameter shard and the
+/// state may then disagree with the other ranks: reload a checkpoint on every rank.
+pub const MLORC_ERROR_COLLECTIVE: MlorcStatus = 8;
 
 /// Optimizer algorithm.
 pub type MlorcAlgorithm = u32;
@@ -123,6 +126,34 @@ pub struct MlorcStepOptions {
     /// CUDA stream (CUstream / cudaStream_t) to enqueue on; NULL is the default stream.
     /// Ignored on the CPU.
     pub stream: *mut c_void,
+}
+
+/// Sums `count` floats at `data` in place across the group of ranks that share a sharded
+/// matrix (every rank receives the sum), as MPI_Allreduce / ncclAllReduce / torch's all_reduce
+/// with SUM do. Every rank's library calls it the same number of times with the same counts in
+/// the same order; it is called on the thread that called mlorc_step. `data` is valid during
+/// the call only (host memory on the CPU). `stream` is the step's stream (NULL on the CPU);
+/// `context` is MlorcShard.all_reduce_context. Return 0 on success; any other value fails the
+/// step with MLORC_ERROR_COLLECTIVE.
+pub type MlorcAllReduceFn =
+    Option<unsafe extern "C" fn(data: *mut f32, count: usize, stream: *mut c_void, context: *mut c_void) -> i32>;
+
+/// The part of a rows × cols matrix one rank holds: elements [begin, end) of the row-major
+/// matrix (whole rows for FSDP-style dim-0 shards; any range for ZeRO-style flat partitions;
+/// empty is allowed), and the group's all-reduce. Fill it with mlorc_shard_init.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct MlorcShard {
+    /// Must be sizeof(MlorcShard); set by mlorc_shard_init.
+    pub struct_size: usize,
+    /// First element held, counted in the row-major order of the whole matrix.
+    pub begin: u64,
+    /// One past the last element held; begin <= end <= rows·cols.
+    pub end: u64,
+    /// Required for the FACTORED layout; never called for DENSE (it may be NULL there).
+    pub all_reduce: MlorcAllReduceFn,
+    /// Passed to all_reduce; caller-owned, must stay valid while the state lives.
+    pub all_reduce_context: *mut c_void,
 }
 
 /// Name and shape of one state buffer, as told by mlorc_buffer_info.

@@ -41,9 +41,9 @@ fn step_groups<S: Lanes>(s: &StepScalars, m: &mut [F8], v: Option<&mut [F8]>, g:
 }
 
 multiversion! {
-    /// Block `b` of the tensor: `m` (and `v` for AdamW) are the block's moments.
-    fn dense_block<S>(s: &StepScalars, param: SharedPtr<u8>, grad: SharedPtr<u8>, io: &StepIo, b: usize, m: &mut [f32], v: Option<&mut [f32]>) {
-        let offset = b * BLOCK;
+    /// Block `b` of the elements from `start`: `m` (and `v` for AdamW) are the block's moments.
+    fn dense_block<S>(s: &StepScalars, param: SharedPtr<u8>, grad: SharedPtr<u8>, io: &StepIo, start: usize, b: usize, m: &mut [f32], v: Option<&mut [f32]>) {
+        let offset = start + b * BLOCK;
         let n = m.len();
         let mut g = [0f32; BLOCK];
         let mut w = [0f32; BLOCK];
@@ -83,11 +83,13 @@ multiversion! {
     }
 }
 
-/// One dense step over `len` elements; `moments` are exp_avg (and exp_avg_sq for AdamW).
+/// One dense step over elements `start .. start + len`; `moments` are exp_avg (and exp_avg_sq
+/// for AdamW) of those elements.
 ///
 /// # Safety
-/// `io.param` and `io.grad` must hold `len` elements of their dtypes.
-pub unsafe fn dense_step(scalars: &StepScalars, io: &StepIo, len: usize, mut moments: Vec<&mut [f32]>) {
+/// Elements `start .. start + len` of `io.param` and `io.grad` must be valid memory of their
+/// dtypes.
+pub unsafe fn dense_step(scalars: &StepScalars, io: &StepIo, start: usize, len: usize, mut moments: Vec<&mut [f32]>) {
     let param = SharedPtr(io.param);
     let grad = SharedPtr(io.grad as *mut u8);
     debug_assert!(moments.iter().all(|m| m.len() == len));
@@ -98,9 +100,9 @@ pub unsafe fn dense_step(scalars: &StepScalars, io: &StepIo, len: usize, mut mom
         m.par_chunks_mut(BLOCK)
             .zip(v.par_chunks_mut(BLOCK))
             .enumerate()
-            .for_each(|(b, (m, v))| dense_block(scalars, param, grad, io, b, m, Some(v)));
+            .for_each(|(b, (m, v))| dense_block(scalars, param, grad, io, start, b, m, Some(v)));
     } else {
         let m = moments.pop().unwrap();
-        m.par_chunks_mut(BLOCK).enumerate().for_each(|(b, m)| dense_block(scalars, param, grad, io, b, m, None));
+        m.par_chunks_mut(BLOCK).enumerate().for_each(|(b, m)| dense_block(scalars, param, grad, io, start, b, m, None));
     }
 }

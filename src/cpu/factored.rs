@@ -1,6 +1,9 @@
 //! The FACTORED passes on the CPU: the sketch pass runs over rows, the projection pass over
 //! fixed-width column tiles (so each tile owns its columns of B and no reduction crosses
-//! threads), and the small factorizations run in f64.
+//! threads), and the small factorizations run in f64. A sharded state runs the passes over its
+//! whole rows (and its partial rows, `segment`) and sums each pass's small output across the
+//! group before the next step of the RSVD uses it. Parallel work runs on the library's pool;
+//! the caller's all-reduce runs on the calling thread.
 
 use rayon::prelude::*;
 
@@ -9,11 +12,12 @@ use crate::dtype;
 use crate::error::{try_filled, try_zeroed, Result};
 use crate::linalg;
 use crate::rng::{self, Stream};
+use crate::shard::{self, Collective, ShardRows};
 use crate::step::{FactoredPasses, SketchInput, StepIo, StepScalars};
 
 use super::lanes::Lanes;
 use super::tile::{self, multiversion, MomentTerms, CHUNK, F8, GROUPS, LANES};
-use super::SharedPtr;
+use super::{segment, SharedPtr};
 
 /// Rows per task of the row-parallel passes.
 const ROW_BLOCK: usize = 8;
@@ -39,16 +43,22 @@ pub struct CpuFactored<'a> {
     seed: u64,
     terms: Vec<MomentTerms>,
     work: Vec<MomentWork<'a>>,
+    /// The state's elements in row terms (every row when unsharded).
+    rows: ShardRows,
+    /// Sums pass outputs across the group (sharded states).
+    collective: Option<Collective>,
 }
 
 impl<'a> CpuFactored<'a> {
-    /// Prepares a step from the stored factors (u, s, v per moment, in buffer order).
+    /// Prepares a step from the stored factors (u, s, v per moment, in buffer order). With a
+    /// collective, this sums the non-negativity statistics across the group.
     pub fn new(
         plan: Plan,
         scalars: StepScalars,
         io: StepIo,
         seed: u64,
         factors: Vec<&'a mut [f32]>,
+        collective: Option<Collective>,
     ) -> Result<CpuFactored<'a>> {
         let (m, n, r, k) = (plan.rows, plan.cols, plan.rank, plan.sketch);
         let groups = tile::groups(n);
@@ -82,10 +92,26 @@ impl<'a> CpuFactored<'a> {
                 bt: try_zeroed(n * k, "projection workspace")?,
             });
         }
+        let rows = plan.shard.rows(n);
         if plan.algorithm == Algorithm::AdamW {
-            terms[1].fill = negative_fill(&terms[1], m, r, groups);
+            terms[1].fill = negative_fill(&terms[1], r, groups, &rows, collective.as_ref())?;
         }
-        Ok(CpuFactored { plan, scalars, io, seed, terms, work })
+        Ok(CpuFactored { plan, scalars, io, seed, terms, work, rows, collective })
+    }
+
+    /// Sums one buffer per moment across the group, in one call.
+    fn sum_across_group(&mut self, pick: for<'b> fn(&'b mut MomentWork<'a>) -> &'b mut Vec<f32>, what: &str) -> Result<()> {
+        let Some(collective) = self.collective else { return Ok(()) };
+        let mut packed: Vec<f32> = self.work.iter_mut().flat_map(|w| pick(w).iter().copied().collect::<Vec<_>>()).collect();
+        collective.sum(&mut packed, std::ptr::null_mut(), what)?;
+        let mut rest = packed.as_slice();
+        for w in &mut self.work {
+            let dst = pick(w);
+            let (mine, tail) = rest.split_at(dst.len());
+            dst.copy_from_slice(mine);
+            rest = tail;
+        }
+        Ok(())
     }
 
     fn source(&self) -> Source<'_> {
@@ -103,7 +129,7 @@ impl<'a> CpuFactored<'a> {
 
 impl FactoredPasses for CpuFactored<'_> {
     fn sketch(&mut self, input: SketchInput) -> Result<()> {
-        let (m, n, k) = (self.plan.rows, self.plan.cols, self.plan.sketch);
+        let (n, k) = (self.plan.cols, self.plan.sketch);
         let mut omega = Vec::new();
         for (moment, w) in self.work.iter_mut().enumerate() {
             match input {
@@ -131,24 +157,51 @@ impl FactoredPasses for CpuFactored<'_> {
         let source = self.source();
         let moments = self.terms.len();
         let xgs: Vec<&[F8]> = self.work.iter().map(|w| w.xg.as_slice()).collect();
-        let blocks: Vec<Vec<f32>> = (0..m.div_ceil(ROW_BLOCK))
-            .into_par_iter()
-            .map(|b| sketch_rows(&source, &xgs, &vtx, b * ROW_BLOCK..((b + 1) * ROW_BLOCK).min(m)))
-            .collect();
+        let body = self.rows.body.clone();
+        let blocks: Vec<Vec<f32>> = super::run(|| {
+            (0..body.len().div_ceil(ROW_BLOCK))
+                .into_par_iter()
+                .map(|b| {
+                    let start = body.start + b * ROW_BLOCK;
+                    sketch_rows(&source, &xgs, &vtx, start..(start + ROW_BLOCK).min(body.end))
+                })
+                .collect()
+        });
+        let mut partial: Vec<(usize, Vec<f32>)> = Vec::new();
+        for seg in self.rows.segments() {
+            let mut out = vec![0f32; moments * k];
+            segment::sketch(&source, &xgs, seg, &mut out);
+            partial.push((seg.row, out));
+        }
+        let sharded = self.plan.is_sharded();
+        for w in &mut self.work {
+            if sharded {
+                // Rows outside the shard are other ranks' part of the sum.
+                w.y.fill(0.0);
+            }
+        }
         for (b, out) in blocks.iter().enumerate() {
             for (ri, row) in out.chunks_exact(moments * k).enumerate() {
-                let i = b * ROW_BLOCK + ri;
+                let i = body.start + b * ROW_BLOCK + ri;
                 for (mo, w) in self.work.iter_mut().enumerate() {
                     w.y[i * k..(i + 1) * k].copy_from_slice(&row[mo * k..(mo + 1) * k]);
                 }
             }
         }
-        Ok(())
+        for (i, row) in partial {
+            for (mo, w) in self.work.iter_mut().enumerate() {
+                for l in 0..k {
+                    w.y[i * k + l] += row[mo * k + l];
+                }
+            }
+        }
+        self.sum_across_group(|w| &mut w.y, "sketch")
     }
 
     fn orthonormalize_sketch(&mut self) -> Result<()> {
         let (m, k) = (self.plan.rows, self.plan.sketch);
-        self.work.par_iter_mut().for_each(|w| linalg::orthonormalize_columns(&mut w.y, m, k));
+        let work = &mut self.work;
+        super::run(|| work.par_iter_mut().for_each(|w| linalg::orthonormalize_columns(&mut w.y, m, k)));
         Ok(())
     }
 
@@ -160,11 +213,24 @@ impl FactoredPasses for CpuFactored<'_> {
         // Each column's sums run over the rows in order, so the tile width (chosen for the
         // pool's size: long contiguous row segments, enough tiles for every thread) never
         // changes the result.
-        let width = tile_width(n, rayon::current_num_threads());
-        let tiles: Vec<Vec<F8>> = (0..n.div_ceil(width))
-            .into_par_iter()
-            .map(|t| project_tile(&source, &qs, t * width, width.min(n - t * width), update))
-            .collect();
+        let body = self.rows.body.clone();
+        let (width, tiles) = super::run(|| {
+            let width = tile_width(n, rayon::current_num_threads());
+            let tiles: Vec<Vec<F8>> = (0..n.div_ceil(width))
+                .into_par_iter()
+                .map(|t| project_tile(&source, &qs, t * width, width.min(n - t * width), body.clone(), update))
+                .collect();
+            (width, tiles)
+        });
+        // The partial rows of a flat shard, added after the whole rows.
+        let mut partial: Vec<Vec<f32>> = Vec::new();
+        if self.rows.segments().next().is_some() {
+            partial = vec![vec![0f32; n * k]; self.terms.len()];
+            let mut bts: Vec<&mut [f32]> = partial.iter_mut().map(|b| b.as_mut_slice()).collect();
+            for seg in self.rows.segments() {
+                segment::project(&source, &qs, seg, &mut bts, update);
+            }
+        }
         for (t, acc) in tiles.iter().enumerate() {
             let col0 = t * width;
             let len = width.min(n - col0);
@@ -178,33 +244,42 @@ impl FactoredPasses for CpuFactored<'_> {
                 }
             }
         }
-        Ok(())
+        for (w, extra) in self.work.iter_mut().zip(&partial) {
+            for (b, e) in w.bt.iter_mut().zip(extra) {
+                *b += e;
+            }
+        }
+        self.sum_across_group(|w| &mut w.bt, "projection")
     }
 
     fn orthonormalize_projection(&mut self) -> Result<()> {
         let (n, k) = (self.plan.cols, self.plan.sketch);
-        self.work.par_iter_mut().for_each(|w| linalg::orthonormalize_columns(&mut w.bt, n, k));
+        let work = &mut self.work;
+        super::run(|| work.par_iter_mut().for_each(|w| linalg::orthonormalize_columns(&mut w.bt, n, k)));
         Ok(())
     }
 
     fn compress(&mut self) -> Result<()> {
         let (m, n, k, r) = (self.plan.rows, self.plan.cols, self.plan.sketch, self.plan.rank);
-        self.work.par_iter_mut().for_each(|w| {
-            linalg::truncated_svd(&w.y, &w.bt, m, n, k, r, w.u, w.s, w.v);
+        let work = &mut self.work;
+        super::run(|| {
+            work.par_iter_mut().for_each(|w| {
+                linalg::truncated_svd(&w.y, &w.bt, m, n, k, r, w.u, w.s, w.v);
+            })
         });
         Ok(())
     }
 }
 
 /// What every task of a pass reads.
-struct Source<'a> {
-    moments: &'a [MomentTerms],
-    rank: usize,
-    k: usize,
-    cols: usize,
-    grad: SharedPtr<u8>,
-    grad_dtype: Dtype,
-    grad_factor: f32,
+pub(super) struct Source<'a> {
+    pub moments: &'a [MomentTerms],
+    pub rank: usize,
+    pub k: usize,
+    pub cols: usize,
+    pub grad: SharedPtr<u8>,
+    pub grad_dtype: Dtype,
+    pub grad_factor: f32,
 }
 
 impl Source<'_> {
@@ -215,7 +290,7 @@ impl Source<'_> {
         if self.grad_dtype == Dtype::F32 && self.grad_factor == 1.0 && len % LANES == 0 {
             // SAFETY: the range lies inside the rows × cols f32 gradient (contract of the step),
             // which nobody writes during the step.
-            let direct = unsafe { std::slice::from_raw_parts((self.grad.get() as *const f32).add(offset), len) };
+            let direct = unsafe { std::slice::from_raw_parts((self.grad.get() as *const f32).wrapping_add(offset), len) };
             return tile::as_groups(direct);
         }
         // SAFETY: as above.
@@ -309,19 +384,20 @@ fn tile_width(cols: usize, threads: usize) -> usize {
 const PROJECT_ROWS: usize = 4;
 
 multiversion! {
-    /// Bᵀ of the column tile `col0 .. col0 + width`, all moments: [moment][l][group], and the
-    /// weight update of the tile's columns when `update` is given.
+    /// Bᵀ of the column tile `col0 .. col0 + width` over `rows`, all moments: [moment][l][group],
+    /// and the weight update of the tile's columns when `update` is given.
     fn project_tile<S>(
         source: &Source,
         qs: &[&[f32]],
         col0: usize,
         width: usize,
+        rows: std::ops::Range<usize>,
         update: Option<(SharedPtr<u8>, Dtype, StepScalars)>,
     ) -> Vec<F8> {
         if source.moments.len() == 2 {
-            project_tile_rows::<S, true>(source, qs, col0, width, update)
+            project_tile_rows::<S, true>(source, qs, col0, width, rows, update)
         } else {
-            project_tile_rows::<S, false>(source, qs, col0, width, update)
+            project_tile_rows::<S, false>(source, qs, col0, width, rows, update)
         }
     }
 }
@@ -333,17 +409,17 @@ fn project_tile_rows<S: Lanes, const ADAMW: bool>(
     qs: &[&[f32]],
     col0: usize,
     width: usize,
+    rows: std::ops::Range<usize>,
     update: Option<(SharedPtr<u8>, Dtype, StepScalars)>,
 ) -> Vec<F8> {
-    let m = qs[0].len() / source.k;
     let mut acc = vec![tile::ZERO; source.moments.len() * source.k * tile::groups(width)];
     let mut scratch = RowScratch::<PROJECT_ROWS>::new();
-    let full = m - m % PROJECT_ROWS;
-    for row0 in (0..full).step_by(PROJECT_ROWS) {
+    let full = rows.end - rows.len() % PROJECT_ROWS;
+    for row0 in (rows.start..full).step_by(PROJECT_ROWS) {
         project_block::<S, PROJECT_ROWS, ADAMW>(source, qs, col0, width, update, row0, &mut acc, &mut scratch);
     }
     let mut single = RowScratch::<1>::new();
-    for row in full..m {
+    for row in full..rows.end {
         project_block::<S, 1, ADAMW>(source, qs, col0, width, update, row, &mut acc, &mut single);
     }
     acc
@@ -393,9 +469,9 @@ fn project_block<S: Lanes, const R: usize, const ADAMW: bool>(
             Some((param, Dtype::F32, scalars)) if len % LANES == 0 => {
                 // f32 weights are updated where they are.
                 let mut ws: [&mut [F8]; R] = std::array::from_fn(|r| {
-                    // SAFETY: row row0 + r, columns chunk0..chunk0+len of the f32 parameter: in
-                    // bounds, and only this tile touches these columns.
-                    let p = unsafe { (param.get() as *mut f32).add((row0 + r) * n + chunk0) };
+                    let p = (param.get() as *mut f32).wrapping_add((row0 + r) * n + chunk0);
+                    // SAFETY: row row0 + r, columns chunk0..chunk0+len of the f32 parameter: a
+                    // whole row of the state's elements, and only this tile touches these columns.
                     tile::as_groups_mut(unsafe { std::slice::from_raw_parts_mut(p, len) })
                 });
                 tile::project_rows::<S, R, ADAMW>(source.moments, qs, source.rank, k, row0, group0, &grads, bacc, tile_groups, Some((&scalars, &mut ws)));
@@ -436,21 +512,35 @@ multiversion! {
 }
 
 /// c of ALGORITHM.md step 2: the mean of |x| over the negative entries x of U·diag(S)·Vᵀ, by
-/// a compute-only sweep over the factors (0 when there are none).
-fn negative_fill(terms: &MomentTerms, m: usize, r: usize, groups: usize) -> f32 {
+/// a compute-only sweep over the factors (0 when there are none). A shard sweeps its own
+/// elements and sums the statistics across the group.
+fn negative_fill(terms: &MomentTerms, r: usize, groups: usize, rows: &ShardRows, collective: Option<&Collective>) -> Result<f32> {
+    // The factors are the same on every rank, so every rank skips the collective together.
     if terms.us.iter().all(|&x| x == 0.0) {
-        return 0.0;
+        return Ok(0.0);
     }
-    let partial: Vec<(f64, u64)> = (0..m.div_ceil(ROW_BLOCK))
-        .into_par_iter()
-        .map(|b| negatives_rows(terms, r, groups, b * ROW_BLOCK..((b + 1) * ROW_BLOCK).min(m)))
-        .collect();
-    let (sum, count) = partial.iter().fold((0f64, 0u64), |(s, c), &(ps, pc)| (s + ps, c + pc));
-    if count == 0 {
-        0.0
-    } else {
-        (sum / count as f64) as f32
+    let body = rows.body.clone();
+    let partial: Vec<(f64, u64)> = super::run(|| {
+        (0..body.len().div_ceil(ROW_BLOCK))
+            .into_par_iter()
+            .map(|b| {
+                let start = body.start + b * ROW_BLOCK;
+                negatives_rows(terms, r, groups, start..(start + ROW_BLOCK).min(body.end))
+            })
+            .collect()
+    });
+    let (mut sum, mut count) = partial.iter().fold((0f64, 0u64), |(s, c), &(ps, pc)| (s + ps, c + pc));
+    for seg in rows.segments() {
+        let (s, c) = segment::negatives(terms, r, seg);
+        sum += s;
+        count += c;
     }
+    if let Some(collective) = collective {
+        let mut packed = shard::pack_negatives(sum, count);
+        collective.sum(&mut packed, std::ptr::null_mut(), "non-negativity statistics")?;
+        (sum, count) = shard::unpack_negatives(&packed);
+    }
+    Ok(if count == 0 { 0.0 } else { (sum / count as f64) as f32 })
 }
 
 

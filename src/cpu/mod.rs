@@ -5,6 +5,7 @@
 
 mod dense;
 mod factored;
+mod segment;
 pub(crate) mod lanes;
 pub(crate) mod tile;
 
