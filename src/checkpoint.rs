@@ -62,7 +62,8 @@ pub fn save(state: &State, out: &mut [u8]) -> Result<usize> {
         w.bytes(&v.to_le_bytes());
     }
     w.u64(c.seed);
-    w.u64(state.step_count());
+    // On CUDA this synchronises and reports a bad *lr_ptr / *grad_scale of an earlier step.
+    w.u64(state.try_step_count()?);
     w.u64(plan.rows as u64);
     w.u64(plan.cols as u64);
     w.u64(plan.shard.begin as u64);
@@ -75,7 +76,16 @@ pub fn save(state: &State, out: &mut [u8]) -> Result<usize> {
         w.bytes(spec.name.as_bytes());
         w.u64(spec.rows as u64);
         w.u64(spec.cols as u64);
-        for x in state.buffer(spec.name)? {
+        let staged;
+        let data = if state.is_cuda() {
+            let mut host = vec![0f32; spec.len()];
+            state.read_buffer_into(spec.name, &mut host)?;
+            staged = host;
+            &staged[..]
+        } else {
+            state.buffer(spec.name)?
+        };
+        for x in data {
             w.bytes(&x.to_le_bytes());
         }
     }
@@ -126,16 +136,23 @@ pub fn load(state: &mut State, bytes: &[u8]) -> Result<()> {
             )));
         }
     }
-    // Everything validated: from here on nothing fails.
-    state.set_config(&parsed.config)?;
-    state.set_step_count(parsed.step);
-    for (spec, buffer) in specs.iter().zip(state.buffers_mut()) {
-        let (_, _, _, data) = parsed.buffers.iter().find(|b| b.0 == spec.name.as_bytes()).unwrap();
-        for (dst, src) in buffer.iter_mut().zip(data.chunks_exact(4)) {
-            *dst = f32::from_le_bytes([src[0], src[1], src[2], src[3]]);
+    // Everything validated: from here on only a device copy can fail.
+    fn floats(data: &[u8]) -> impl Iterator<Item = f32> + '_ {
+        data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    if state.is_cuda() {
+        for (spec, (_, _, _, data)) in specs.iter().zip(&parsed.buffers) {
+            state.write_buffer(spec.name, &floats(data).collect::<Vec<_>>())?;
+        }
+    } else {
+        for (buffer, (_, _, _, data)) in state.buffers_mut().into_iter().zip(&parsed.buffers) {
+            for (dst, src) in buffer.iter_mut().zip(floats(data)) {
+                *dst = src;
+            }
         }
     }
-    Ok(())
+    state.try_set_step_count(parsed.step)?;
+    state.set_config(&parsed.config)
 }
 
 struct Parsed<'a> {

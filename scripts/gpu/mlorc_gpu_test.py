@@ -50,6 +50,9 @@ def load(path):
         "mlorc_state_step_count": ([ctypes.c_void_p, P(ctypes.c_uint64)], ctypes.c_uint32),
         "mlorc_state_read_buffer": ([ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t], ctypes.c_uint32),
         "mlorc_last_error_message": ([], ctypes.c_char_p),
+        "mlorc_state_save_size": ([ctypes.c_void_p, P(ctypes.c_size_t)], ctypes.c_uint32),
+        "mlorc_state_save": ([ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, P(ctypes.c_size_t)], ctypes.c_uint32),
+        "mlorc_state_load": ([ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t], ctypes.c_uint32),
     }
     for name, (args, res) in sigs.items():
         f = getattr(lib, name)
@@ -94,6 +97,17 @@ class Mlorc:
         n = ctypes.c_uint64()
         self.check(self.lib.mlorc_state_step_count(h, ctypes.byref(n)), "step_count")
         return n.value
+
+    def save(self, h):
+        size = ctypes.c_size_t()
+        self.check(self.lib.mlorc_state_save_size(h, ctypes.byref(size)), "save_size")
+        data = ctypes.create_string_buffer(size.value)
+        self.check(self.lib.mlorc_state_save(h, data, size.value, ctypes.byref(size)), "save")
+        return data.raw[: size.value]
+
+    def load(self, h, data):
+        buf = ctypes.create_string_buffer(data, len(data))
+        self.check(self.lib.mlorc_state_load(h, buf, len(data)), "load")
 
     def buffer(self, h, name, numel, device):
         out = torch.empty(numel, dtype=torch.float32, device=device)
@@ -235,6 +249,33 @@ def graph_capture(ml):
     ml.lib.mlorc_state_destroy(he)
 
 
+def checkpoint_across_backends(ml):
+    # CPU -> CUDA -> CPU: the same bytes, and the resumed CUDA state keeps following the CPU one.
+    m, n = 200, 150
+    cfg = ml.config(ADAMW, layout=FACTORED)
+    hc, hg, hback = ml.state(cfg, m, n, F32, CPU), ml.state(cfg, m, n, F32, CUDA), ml.state(cfg, m, n, F32, CPU)
+    gen = torch.Generator().manual_seed(11)
+    w = torch.randn(m, n, generator=gen)
+    for _ in range(3):
+        ml.check(ml.step(hc, w, torch.randn(m, n, generator=gen)), "cpu step")
+    saved = ml.save(hc)
+    ml.load(hg, saved)
+    assert ml.step_count(hg) == 3, f"loaded CUDA state counts {ml.step_count(hg)} steps"
+    assert ml.save(hg) == saved, "a CUDA state saves other bytes than the checkpoint it loaded"
+    wg = w.cuda()
+    g = torch.randn(m, n, generator=gen)
+    ml.check(ml.step(hc, w, g), "cpu step")
+    ml.check(ml.step(hg, wg, g.cuda()), "cuda step")
+    e = rel(wg, w)
+    assert e < 1e-5, f"resumed CUDA step differs from the CPU one by {e:.2e}"
+    ml.load(hback, ml.save(hg))
+    for mo in range(2):
+        e = rel(factors_product(ml, hback, mo, m, n, 4, "cpu"), factors_product(ml, hc, mo, m, n, 4, "cpu"))
+        assert e < 1e-4, f"moment {mo} after CUDA -> CPU: {e:.2e}"
+    for h in (hc, hg, hback):
+        ml.lib.mlorc_state_destroy(h)
+
+
 def correctness(ml, quick):
     shapes = [(37, 300), (130, 75)] if quick else [(37, 300), (130, 75), (257, 1030), (1024, 768)]
     for (m, n) in shapes:
@@ -251,6 +292,7 @@ def correctness(ml, quick):
     check("oracle rank-1 gradients = torch AdamW", lambda: oracle_rank1(ml))
     check("found_inf, bad pointers, bad grad_scale", lambda: found_inf_and_bad_pointers(ml))
     check("graph capture and replay", lambda: graph_capture(ml))
+    check("checkpoint CPU -> CUDA -> CPU", lambda: checkpoint_across_backends(ml))
 
 
 # ------------------------------------------------------------------------------------------

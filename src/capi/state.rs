@@ -285,17 +285,15 @@ pub extern "C" fn mlorc_state_write_buffer(
 #[no_mangle]
 pub extern "C" fn mlorc_state_save_size(state: *const MlorcState, size: *mut usize) -> MlorcStatus {
     guard("mlorc_state_save_size", || {
-        let value = with_state(state, |s| {
-            refuse_cuda_checkpoint(s)?;
-            Ok(checkpoint::saved_size(s))
-        })?;
+        let value = with_state(state, |s| Ok(checkpoint::saved_size(s)))?;
         write_out(size, value, "size")
     })
 }
 
 /// Writes the whole state (configuration, step count, buffers) into caller memory `dst` of
 /// `capacity` bytes in the versioned, checksummed, machine-independent checkpoint format;
-/// `*written` receives the size. dst is host memory, whatever the state's device.
+/// `*written` receives the size. dst is host memory, whatever the state's device; a CUDA state
+/// synchronises its device first (a checkpoint is not a per-step call).
 #[no_mangle]
 pub extern "C" fn mlorc_state_save(
     state: *const MlorcState,
@@ -308,10 +306,7 @@ pub extern "C" fn mlorc_state_save(
             return invalid!("written is NULL");
         }
         let out = caller_slice_mut(dst as *mut u8, capacity, "dst")?;
-        let size = with_state(state, |s| {
-            refuse_cuda_checkpoint(s)?;
-            checkpoint::save(s, out)
-        })?;
+        let size = with_state(state, |s| checkpoint::save(s, out))?;
         write_out(written, size, "written")
     })
 }
@@ -319,24 +314,15 @@ pub extern "C" fn mlorc_state_save(
 /// Replaces the state's configuration, step count and buffers with a checkpoint of `size`
 /// bytes at `src` (host memory). Bytes that do not validate give MLORC_ERROR_CORRUPT_CHECKPOINT;
 /// a valid checkpoint of another shape, algorithm, layout, rank or oversampling gives
-/// MLORC_ERROR_INVALID_ARGUMENT. Either way the state is unchanged.
+/// MLORC_ERROR_INVALID_ARGUMENT. Either way the state is unchanged. The format is the same for
+/// both backends: a checkpoint saved from a CPU state loads into a CUDA state and back (CUDA
+/// synchronises its device). A sharded FACTORED state accepts a checkpoint of any range of the
+/// same matrix; DENSE needs the same range.
 #[no_mangle]
 pub extern "C" fn mlorc_state_load(state: *mut MlorcState, src: *const c_void, size: usize) -> MlorcStatus {
     guard("mlorc_state_load", || {
         let bytes = caller_slice(src as *const u8, size, "src")?;
-        with_state(state, |s| {
-            refuse_cuda_checkpoint(s)?;
-            checkpoint::load(s, bytes)
-        })
+        with_state(state, |s| checkpoint::load(s, bytes))
     })
 }
 
-/// Checkpoints of CUDA states are not implemented yet (they need device copies of each buffer).
-fn refuse_cuda_checkpoint(s: &State) -> crate::error::Result<()> {
-    if s.is_cuda() {
-        return Err(crate::error::Error::Unsupported(
-            "checkpoints of CUDA states are not implemented yet: copy the buffers with mlorc_state_read_buffer".into(),
-        ));
-    }
-    Ok(())
-}
