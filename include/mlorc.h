@@ -479,7 +479,8 @@ MlorcStatus mlorc_state_create_with_buffers(const struct MlorcConfig *config,
  * sketches and projections across the group through shard->all_reduce during each step
  * (required for FACTORED); DENSE states keep the moments of their own elements and never
  * communicate. `buffers` NULL with `count` 0: the library allocates zeroed buffers; otherwise
- * caller buffers as in mlorc_state_create_with_buffers, shaped by mlorc_shard_buffer_info.
+ * caller buffers as in mlorc_state_create_with_buffers, shaped by mlorc_shard_buffer_info
+ * (a buffer of 0 floats, as the DENSE moments of an empty shard, may be NULL).
  * `shard` is copied; its context must stay valid while the state lives. CPU states only in
  * this version (a CUDA desc gives MLORC_ERROR_UNSUPPORTED).
  *
@@ -581,7 +582,8 @@ MlorcStatus mlorc_state_save_size(const struct MlorcState *state, size_t *size);
 /**
  * Writes the whole state (configuration, step count, buffers) into caller memory `dst` of
  * `capacity` bytes in the versioned, checksummed, machine-independent checkpoint format;
- * `*written` receives the size. dst is host memory, whatever the state's device.
+ * `*written` receives the size. dst is host memory, whatever the state's device; a CUDA state
+ * synchronises its device first (a checkpoint is not a per-step call).
  */
 MlorcStatus mlorc_state_save(const struct MlorcState *state,
                              void *dst,
@@ -592,7 +594,10 @@ MlorcStatus mlorc_state_save(const struct MlorcState *state,
  * Replaces the state's configuration, step count and buffers with a checkpoint of `size`
  * bytes at `src` (host memory). Bytes that do not validate give MLORC_ERROR_CORRUPT_CHECKPOINT;
  * a valid checkpoint of another shape, algorithm, layout, rank or oversampling gives
- * MLORC_ERROR_INVALID_ARGUMENT. Either way the state is unchanged.
+ * MLORC_ERROR_INVALID_ARGUMENT. Either way the state is unchanged. The format is the same for
+ * both backends: a checkpoint saved from a CPU state loads into a CUDA state and back (CUDA
+ * synchronises its device). A sharded FACTORED state accepts a checkpoint of any range of the
+ * same matrix; DENSE needs the same range.
  */
 MlorcStatus mlorc_state_load(struct MlorcState *state, const void *src, size_t size);
 

@@ -284,6 +284,19 @@ fn a_factored_checkpoint_resumes_on_another_number_of_ranks() {
 }
 
 #[test]
+fn an_empty_dense_shard_takes_null_buffers() {
+    let config = Config { layout: LayoutRequest::Dense, ..Config::defaults(Algorithm::AdamW) };
+    let shard = Shard { begin: 40, end: 40 };
+    // SAFETY: both buffers hold 0 floats.
+    let mut state = unsafe { State::with_buffers_sharded(&config, &desc(M, N), shard, None, &[std::ptr::null_mut(); 2]) }.unwrap();
+    state.step::<f32, f32>(&mut [], &[], &StepOptions::lr(1e-3)).unwrap();
+    assert_eq!(state.step_count(), 1);
+    // A buffer with floats still needs memory.
+    let busy = Shard { begin: 40, end: 41 };
+    assert!(unsafe { State::with_buffers_sharded(&config, &desc(M, N), busy, None, &[std::ptr::null_mut(); 2]) }.is_err());
+}
+
+#[test]
 fn dense_checkpoints_need_the_same_range() {
     let config = Config { layout: LayoutRequest::Dense, ..Config::defaults(Algorithm::AdamW) };
     let a = State::new_sharded(&config, &desc(M, N), Shard { begin: 0, end: 100 }, None).unwrap();

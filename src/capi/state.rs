@@ -67,7 +67,8 @@ pub extern "C" fn mlorc_state_create_with_buffers(
 /// sketches and projections across the group through shard->all_reduce during each step
 /// (required for FACTORED); DENSE states keep the moments of their own elements and never
 /// communicate. `buffers` NULL with `count` 0: the library allocates zeroed buffers; otherwise
-/// caller buffers as in mlorc_state_create_with_buffers, shaped by mlorc_shard_buffer_info.
+/// caller buffers as in mlorc_state_create_with_buffers, shaped by mlorc_shard_buffer_info
+/// (a buffer of 0 floats, as the DENSE moments of an empty shard, may be NULL).
 /// `shard` is copied; its context must stay valid while the state lives. CPU states only in
 /// this version (a CUDA desc gives MLORC_ERROR_UNSUPPORTED).
 ///

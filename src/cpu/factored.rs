@@ -304,10 +304,12 @@ impl Source<'_> {
 multiversion! {
     /// Y rows of a block of rows, all moments: [row][moment][l].
     fn sketch_rows<S>(source: &Source, xgs: &[&[F8]], vtx: &[f32], rows: std::ops::Range<usize>) -> Vec<f32> {
+        // Rank = k (no oversampling, the default) also fixes the rebuild's length.
         macro_rules! fixed_width {
             ($($k:literal)*) => {
                 match source.k {
-                    $($k => sketch_rows_fixed::<S, $k>(source, xgs, vtx, rows),)*
+                    $($k if source.rank == $k => sketch_rows_fixed::<S, $k, true>(source, xgs, vtx, rows),)*
+                    $($k => sketch_rows_fixed::<S, $k, false>(source, xgs, vtx, rows),)*
                     _ => sketch_rows_dyn::<S>(source, xgs, vtx, rows),
                 }
             };
@@ -316,29 +318,44 @@ multiversion! {
     }
 }
 
-/// `sketch_rows` for a sketch width known at compile time: accumulators stay in registers.
+/// `sketch_rows` for a sketch width known at compile time. Chunk by chunk, every row of the
+/// block in turn: the chunk's X and V (a few KB) stay in L1 across the rows instead of
+/// streaming from L2 once per row; a row's accumulators wait in memory between chunks, which
+/// leaves each row's sums in the same order.
 #[inline(always)]
-fn sketch_rows_fixed<S: Lanes, const K: usize>(source: &Source, xgs: &[&[F8]], vtx: &[f32], rows: std::ops::Range<usize>) -> Vec<f32> {
+fn sketch_rows_fixed<S: Lanes, const K: usize, const RANK_IS_K: bool>(
+    source: &Source,
+    xgs: &[&[F8]],
+    vtx: &[f32],
+    rows: std::ops::Range<usize>,
+) -> Vec<f32> {
     let n = source.cols;
+    let rank = if RANK_IS_K { K } else { source.rank };
     let moments = source.moments.len();
-    let mut out = vec![0f32; rows.len() * moments * K];
+    debug_assert!(rows.len() <= ROW_BLOCK && moments <= 2);
+    let mut accs = [[[S::zero(); K]; 2]; ROW_BLOCK];
     let mut grad = [0f32; CHUNK];
-    for (ri, i) in rows.enumerate() {
-        let dst = &mut out[ri * moments * K..(ri + 1) * moments * K];
-        // One moment at a time: only its K accumulators are live.
-        for (mo, (terms, xg)) in source.moments.iter().zip(xgs).enumerate() {
-            let mut acc = [S::zero(); K];
-            for col0 in (0..n).step_by(CHUNK) {
-                let g = source.load_grad(i, col0, CHUNK.min(n - col0), &mut grad);
+    for col0 in (0..n).step_by(CHUNK) {
+        for (acc, i) in accs.iter_mut().zip(rows.clone()) {
+            let g = source.load_grad(i, col0, CHUNK.min(n - col0), &mut grad);
+            for (mo, (terms, xg)) in source.moments.iter().zip(xgs).enumerate() {
+                // A local copy, so the accumulators live in registers for the chunk.
+                let mut a = acc[mo];
                 if mo == 0 {
-                    tile::sketch_chunk_grad::<S, K>(xg, col0 / LANES, g, &mut acc);
+                    tile::sketch_chunk_grad::<S, K>(xg, col0 / LANES, g, &mut a);
                 } else {
-                    tile::sketch_chunk::<S, K>(terms, xg, source.rank, i, col0 / LANES, g, &mut acc);
+                    tile::sketch_chunk::<S, K>(terms, xg, rank, i, col0 / LANES, g, &mut a);
                 }
+                acc[mo] = a;
             }
+        }
+    }
+    let mut out = vec![0f32; rows.len() * moments * K];
+    for ((ri, i), acc) in rows.enumerate().zip(&accs) {
+        for (mo, terms) in source.moments.iter().enumerate() {
             for l in 0..K {
-                let sum = tile::sum_lanes(&S::to_array(acc[l]));
-                dst[mo * K + l] = if mo == 0 { first_moment_sketch(terms, vtx, source.rank, K, i, l, sum) } else { sum };
+                let sum = tile::sum_lanes(&S::to_array(acc[mo][l]));
+                out[(ri * moments + mo) * K + l] = if mo == 0 { first_moment_sketch(terms, vtx, source.rank, K, i, l, sum) } else { sum };
             }
         }
     }
@@ -394,17 +411,25 @@ multiversion! {
         rows: std::ops::Range<usize>,
         update: Option<(SharedPtr<u8>, Dtype, StepScalars)>,
     ) -> Vec<F8> {
-        if source.moments.len() == 2 {
-            project_tile_rows::<S, true>(source, qs, col0, width, rows, update)
-        } else {
-            project_tile_rows::<S, false>(source, qs, col0, width, rows, update)
+        // Common ranks with rank = k get loops of known length (unrolled, no loop overhead).
+        macro_rules! fixed_rank {
+            ($($rk:literal)*) => {
+                match (source.moments.len() == 2, source.rank) {
+                    $((true, $rk) if source.k == $rk => project_tile_rows::<S, true, $rk>(source, qs, col0, width, rows, update),)*
+                    $((false, $rk) if source.k == $rk => project_tile_rows::<S, false, $rk>(source, qs, col0, width, rows, update),)*
+                    (true, _) => project_tile_rows::<S, true, 0>(source, qs, col0, width, rows, update),
+                    (false, _) => project_tile_rows::<S, false, 0>(source, qs, col0, width, rows, update),
+                }
+            };
         }
+        fixed_rank!(1 2 4 8)
     }
 }
 
 /// `project_tile` for AdamW (two moments) or Lion: blocks of PROJECT_ROWS rows, then the rest.
+/// `RK` > 0: rank = k = RK.
 #[inline(always)]
-fn project_tile_rows<S: Lanes, const ADAMW: bool>(
+fn project_tile_rows<S: Lanes, const ADAMW: bool, const RK: usize>(
     source: &Source,
     qs: &[&[f32]],
     col0: usize,
@@ -416,11 +441,11 @@ fn project_tile_rows<S: Lanes, const ADAMW: bool>(
     let mut scratch = RowScratch::<PROJECT_ROWS>::new();
     let full = rows.end - rows.len() % PROJECT_ROWS;
     for row0 in (rows.start..full).step_by(PROJECT_ROWS) {
-        project_block::<S, PROJECT_ROWS, ADAMW>(source, qs, col0, width, update, row0, &mut acc, &mut scratch);
+        project_block::<S, PROJECT_ROWS, ADAMW, RK>(source, qs, col0, width, update, row0, &mut acc, &mut scratch);
     }
     let mut single = RowScratch::<1>::new();
     for row in full..rows.end {
-        project_block::<S, 1, ADAMW>(source, qs, col0, width, update, row, &mut acc, &mut single);
+        project_block::<S, 1, ADAMW, RK>(source, qs, col0, width, update, row, &mut acc, &mut single);
     }
     acc
 }
@@ -439,7 +464,7 @@ impl<const R: usize> RowScratch<R> {
 
 /// Rows `row0 .. row0 + R` of a column tile: projection, and the update when given.
 #[inline(always)]
-fn project_block<S: Lanes, const R: usize, const ADAMW: bool>(
+fn project_block<S: Lanes, const R: usize, const ADAMW: bool, const RK: usize>(
     source: &Source,
     qs: &[&[f32]],
     col0: usize,
@@ -449,7 +474,8 @@ fn project_block<S: Lanes, const R: usize, const ADAMW: bool>(
     acc: &mut [F8],
     scratch: &mut RowScratch<R>,
 ) {
-    let (n, k) = (source.cols, source.k);
+    let n = source.cols;
+    let (rank, k) = if RK > 0 { (RK, RK) } else { (source.rank, source.k) };
     let tile_groups = tile::groups(width);
     for chunk0 in (col0..col0 + width).step_by(CHUNK) {
         let len = CHUNK.min(col0 + width - chunk0);
@@ -465,7 +491,7 @@ fn project_block<S: Lanes, const R: usize, const ADAMW: bool>(
         };
         let bacc = &mut acc[gi0..];
         match update {
-            None => tile::project_rows::<S, R, ADAMW>(source.moments, qs, source.rank, k, row0, group0, &grads, bacc, tile_groups, None),
+            None => tile::project_rows::<S, R, ADAMW>(source.moments, qs, rank, k, row0, group0, &grads, bacc, tile_groups, None),
             Some((param, Dtype::F32, scalars)) if len % LANES == 0 => {
                 // f32 weights are updated where they are.
                 let mut ws: [&mut [F8]; R] = std::array::from_fn(|r| {
@@ -474,7 +500,7 @@ fn project_block<S: Lanes, const R: usize, const ADAMW: bool>(
                     // whole row of the state's elements, and only this tile touches these columns.
                     tile::as_groups_mut(unsafe { std::slice::from_raw_parts_mut(p, len) })
                 });
-                tile::project_rows::<S, R, ADAMW>(source.moments, qs, source.rank, k, row0, group0, &grads, bacc, tile_groups, Some((&scalars, &mut ws)));
+                tile::project_rows::<S, R, ADAMW>(source.moments, qs, rank, k, row0, group0, &grads, bacc, tile_groups, Some((&scalars, &mut ws)));
             }
             Some((param, dtype, scalars)) => {
                 for (r, w) in weights.iter_mut().enumerate() {
@@ -487,7 +513,7 @@ fn project_block<S: Lanes, const R: usize, const ADAMW: bool>(
                     let mut it = weights.iter_mut();
                     std::array::from_fn(|_| tile::as_groups_mut(&mut it.next().unwrap()[..padded]))
                 };
-                tile::project_rows::<S, R, ADAMW>(source.moments, qs, source.rank, k, row0, group0, &grads, bacc, tile_groups, Some((&scalars, &mut ws)));
+                tile::project_rows::<S, R, ADAMW>(source.moments, qs, rank, k, row0, group0, &grads, bacc, tile_groups, Some((&scalars, &mut ws)));
                 for (r, w) in weights.iter().enumerate() {
                     unsafe { dtype::store(param.get(), dtype, (row0 + r) * n + chunk0, &w[..len], scalars.rounding) };
                 }
@@ -499,16 +525,31 @@ fn project_block<S: Lanes, const R: usize, const ADAMW: bool>(
 multiversion! {
     /// Sum of |x| and count of the negative entries of U·diag(S)·Vᵀ over a block of rows.
     fn negatives_rows<S>(terms: &MomentTerms, rank: usize, groups: usize, rows: std::ops::Range<usize>) -> (f64, u64) {
-        let (mut sum, mut count) = (0f64, 0u64);
-        for i in rows {
-            for group0 in (0..groups).step_by(GROUPS) {
-                let (s, c) = tile::negatives_chunk::<S>(terms, rank, i, group0..(group0 + GROUPS).min(groups));
-                sum += s as f64;
-                count += c as u64;
-            }
+        match rank {
+            1 => negatives_rows_fixed::<S, 1>(terms, rank, groups, rows),
+            2 => negatives_rows_fixed::<S, 2>(terms, rank, groups, rows),
+            4 => negatives_rows_fixed::<S, 4>(terms, rank, groups, rows),
+            8 => negatives_rows_fixed::<S, 8>(terms, rank, groups, rows),
+            _ => negatives_rows_fixed::<S, 0>(terms, rank, groups, rows),
         }
-        (sum, count)
     }
+}
+
+/// `negatives_rows` for `RANK` > 0 known at compile time (0: `rank` at run time). Chunk by chunk over
+/// the rows of the block, so the chunk's V stays in L1; per-row sums, added in row order.
+#[inline(always)]
+fn negatives_rows_fixed<S: Lanes, const RANK: usize>(terms: &MomentTerms, rank: usize, groups: usize, rows: std::ops::Range<usize>) -> (f64, u64) {
+    let rank = if RANK > 0 { RANK } else { rank };
+    debug_assert!(rows.len() <= ROW_BLOCK);
+    let mut partial = [(0f64, 0u64); ROW_BLOCK];
+    for group0 in (0..groups).step_by(GROUPS) {
+        for (p, i) in partial.iter_mut().zip(rows.clone()) {
+            let (s, c) = tile::negatives_chunk::<S>(terms, rank, i, group0..(group0 + GROUPS).min(groups));
+            p.0 += s as f64;
+            p.1 += c as u64;
+        }
+    }
+    partial.iter().fold((0f64, 0u64), |(s, c), &(ps, pc)| (s + ps, c + pc))
 }
 
 /// c of ALGORITHM.md step 2: the mean of |x| over the negative entries x of U·diag(S)·Vᵀ, by

@@ -25,6 +25,8 @@ SCALARS = {
     "MlorcLayout": ctypes.c_uint32,
     "MlorcDtype": ctypes.c_uint32,
     "MlorcDevice": ctypes.c_uint32,
+    # The callback typedef: compared as a whole by test_callback_typedef_matches_header.
+    "MlorcAllReduceFn": _capi.MlorcAllReduceFn,
 }
 
 
@@ -138,6 +140,27 @@ def test_structs_match_header():
         assert [f for f, _ in mine] == [f for f, _ in fields], name
         for (fname, mt), (_, ht) in zip(mine, fields):
             assert _same(mt, ht), f"{name}.{fname}: {mt} vs header {ht}"
+
+
+def header_callback_typedefs():
+    """name -> (restype, [argtypes]) of every `typedef R (*Name)(args);` in the header."""
+    out = {}
+    for m in re.finditer(r"typedef\s+([\w\s\*]+?)\s*\(\s*\*\s*(\w+)\s*\)\s*\(([^;]*?)\)\s*;", _text()):
+        ret, name, args = m.group(1), m.group(2), m.group(3).strip()
+        argtypes = [] if args in ("void", "") else [_ctype(_split_decl(a)[0]) for a in args.split(",")]
+        out[name] = (_ctype(ret.strip()), argtypes)
+    return out
+
+
+def test_callback_typedef_matches_header():
+    typedefs = header_callback_typedefs()
+    assert set(typedefs) == {"MlorcAllReduceFn"}, sorted(typedefs)
+    ret, args = typedefs["MlorcAllReduceFn"]
+    fn = _capi.MlorcAllReduceFn
+    assert _same(fn._restype_, ret), f"MlorcAllReduceFn returns {fn._restype_}, header {ret}"
+    assert len(fn._argtypes_) == len(args)
+    for i, (mine, theirs) in enumerate(zip(fn._argtypes_, args)):
+        assert _same(mine, theirs), f"MlorcAllReduceFn argument {i}: {mine} vs header {theirs}"
 
 
 def test_constants_match_header():

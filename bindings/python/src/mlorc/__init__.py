@@ -9,7 +9,9 @@ Optimizers (``import mlorc.torch``):
 
 * :class:`mlorc.torch.MLorcAdamW` — drop-in for ``torch.optim.AdamW``;
 * :class:`mlorc.torch.MLorcLion` — MLorc-Lion;
-* :func:`mlorc.torch.register_fused_backward` — step each parameter during ``backward()``.
+* :func:`mlorc.torch.register_fused_backward` — step each parameter during ``backward()``;
+* sharded parameters: FSDP2 DTensors work as they are; :func:`mlorc.torch.flat_shard` marks
+  ZeRO-style pieces (any element range of a parameter). See bindings/python/README.md.
 
 Library lookup (first usable one wins): ``$MLORC_LIBRARY``; the copy bundled in this package;
 ``$MLORC_PREFIX/lib`` and a checkout's ``build/prefix/lib``; the system search path
@@ -22,12 +24,13 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from ._capi import ABI_VERSION, MlorcError
+from ._capi import ABI_VERSION, MlorcCollectiveError, MlorcError
 from ._loader import LibraryNotFoundError
 
 __all__ = [
     "ABI_VERSION",
     "LibraryNotFoundError",
+    "MlorcCollectiveError",
     "MlorcError",
     "abi_version",
     "library_path",
@@ -62,7 +65,7 @@ def library_path() -> Optional[str]:
 
 def __getattr__(name: str) -> Any:
     # `mlorc.MLorcAdamW` etc. without importing torch at `import mlorc`.
-    if name in ("MLorcAdamW", "MLorcLion", "register_fused_backward"):
+    if name in ("MLorcAdamW", "MLorcLion", "register_fused_backward", "flat_shard"):
         from . import torch as _torch
 
         return getattr(_torch, name)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 from ctypes import (
+    CFUNCTYPE,
     POINTER,
     Structure,
     byref,
@@ -45,6 +46,8 @@ MLORC_ERROR_CORRUPT_CHECKPOINT = 4
 MLORC_ERROR_DEVICE = 5
 MLORC_ERROR_DEVICE_UNAVAILABLE = 6
 MLORC_ERROR_INTERNAL = 7
+#: The all-reduce callback of a sharded state returned non-zero (raised as MlorcCollectiveError).
+MLORC_ERROR_COLLECTIVE = 8
 
 MLORC_ADAMW = 0
 MLORC_LION = 1
@@ -69,6 +72,7 @@ STATUS_NAMES: Dict[int, str] = {
     MLORC_ERROR_DEVICE: "MLORC_ERROR_DEVICE",
     MLORC_ERROR_DEVICE_UNAVAILABLE: "MLORC_ERROR_DEVICE_UNAVAILABLE",
     MLORC_ERROR_INTERNAL: "MLORC_ERROR_INTERNAL",
+    MLORC_ERROR_COLLECTIVE: "MLORC_ERROR_COLLECTIVE",
 }
 
 # Typedefs of the header (all uint32_t).
@@ -79,6 +83,12 @@ MlorcDtype = c_uint32
 MlorcDevice = c_uint32
 #: ``struct MlorcState *``: an opaque handle, carried as a void pointer.
 MlorcStatePtr = c_void_p
+
+#: ``typedef int32_t (*MlorcAllReduceFn)(float *data, size_t count, void *stream, void *context)``:
+#: sums ``count`` floats at ``data`` in place across the group; 0 on success. Python callables
+#: wrapped in it must never raise (ctypes would print and return 0) and must be kept alive as
+#: long as any state that holds them (see mlorc.torch's TorchAllReduce).
+MlorcAllReduceFn = CFUNCTYPE(c_int32, POINTER(c_float), c_size_t, c_void_p, c_void_p)
 
 
 # --------------------------------------------------------------------------------------------
@@ -138,11 +148,22 @@ class MlorcBufferInfo(Structure):
     ]
 
 
+class MlorcShard(Structure):
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("begin", c_uint64),
+        ("end", c_uint64),
+        ("all_reduce", MlorcAllReduceFn),
+        ("all_reduce_context", c_void_p),
+    ]
+
+
 STRUCTS = {
     "MlorcConfig": MlorcConfig,
     "MlorcTensorDesc": MlorcTensorDesc,
     "MlorcStepOptions": MlorcStepOptions,
     "MlorcBufferInfo": MlorcBufferInfo,
+    "MlorcShard": MlorcShard,
 }
 
 # --------------------------------------------------------------------------------------------
@@ -189,8 +210,47 @@ PROTOTYPES: Dict[str, Tuple[object, List[object]]] = {
     "mlorc_state_save_size": (MlorcStatus, [MlorcStatePtr, _P(c_size_t)]),
     "mlorc_state_save": (MlorcStatus, [MlorcStatePtr, c_void_p, c_size_t, _P(c_size_t)]),
     "mlorc_state_load": (MlorcStatus, [MlorcStatePtr, c_void_p, c_size_t]),
+    # Sharded states (issue 6).
+    "mlorc_shard_init": (MlorcStatus, [_P(MlorcShard), c_uint64, c_uint64, MlorcAllReduceFn, c_void_p]),
+    "mlorc_shard_buffer_count": (
+        MlorcStatus,
+        [_P(MlorcConfig), _P(MlorcTensorDesc), _P(MlorcShard), _P(c_size_t)],
+    ),
+    "mlorc_shard_buffer_info": (
+        MlorcStatus,
+        [_P(MlorcConfig), _P(MlorcTensorDesc), _P(MlorcShard), c_size_t, _P(MlorcBufferInfo)],
+    ),
+    "mlorc_shard_state_bytes_required": (
+        MlorcStatus,
+        [_P(MlorcConfig), _P(MlorcTensorDesc), _P(MlorcShard), _P(c_size_t)],
+    ),
+    "mlorc_state_create_sharded": (
+        MlorcStatus,
+        [
+            _P(MlorcConfig),
+            _P(MlorcTensorDesc),
+            _P(MlorcShard),
+            _P(_P(c_float)),
+            c_size_t,
+            _P(MlorcStatePtr),
+        ],
+    ),
+    "mlorc_state_shard_range": (MlorcStatus, [MlorcStatePtr, _P(c_uint64), _P(c_uint64)]),
 }
 del _P
+
+#: Functions a libmlorc.so.1 built before sharded states (issue 6) lacks. Such a library is still
+#: accepted (everything unsharded works); a sharded call then raises MlorcError(UNSUPPORTED).
+OPTIONAL_FUNCTIONS = frozenset(
+    {
+        "mlorc_shard_init",
+        "mlorc_shard_buffer_count",
+        "mlorc_shard_buffer_info",
+        "mlorc_shard_state_bytes_required",
+        "mlorc_state_create_sharded",
+        "mlorc_state_shard_range",
+    }
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,12 +277,33 @@ class MlorcError(RuntimeError):
         super().__init__(f"{where}{status_name} ({self.status}): {message}")
 
 
+class MlorcCollectiveError(MlorcError):
+    """The all-reduce of a sharded state failed (``MLORC_ERROR_COLLECTIVE``).
+
+    The callback returned non-zero (in the PyTorch binding: ``torch.distributed.all_reduce``
+    raised; that exception is chained as ``__cause__``). The step stopped part-way: this rank's
+    parameter shard and state may now disagree with the other ranks, and ranks that did not fail
+    may be blocked in their own collective. Reload a checkpoint on every rank before going on.
+    """
+
+
 def _configure(lib: ctypes.CDLL) -> None:
     """Declares restype/argtypes of every prototype on a freshly loaded library."""
     for name, (restype, argtypes) in PROTOTYPES.items():
-        fn = getattr(lib, name)  # AttributeError: symbol missing -> loader reports it
+        try:
+            fn = getattr(lib, name)
+        except AttributeError:
+            if name in OPTIONAL_FUNCTIONS:
+                continue
+            raise  # a required symbol is missing -> the loader reports it
         fn.restype = restype
         fn.argtypes = argtypes
+
+
+def has_sharding() -> bool:
+    """Whether the loaded library has sharded states (mlorc_state_create_sharded and friends)."""
+    l = lib()
+    return all(hasattr(l, n) for n in OPTIONAL_FUNCTIONS)
 
 
 def _validate(lib: ctypes.CDLL) -> Optional[str]:
@@ -257,7 +338,22 @@ def _check(status: int, function: str) -> None:
         name = name_b.decode() if name_b else STATUS_NAMES.get(status, f"status {status}")
         msg_b = l.mlorc_last_error_message()
         message = msg_b.decode(errors="replace") if msg_b else ""
-        raise MlorcError(status, name, message, function)
+        cls = MlorcCollectiveError if status == MLORC_ERROR_COLLECTIVE else MlorcError
+        raise cls(status, name, message, function)
+
+
+def _sharded_fn(name: str):
+    l = lib()
+    fn = getattr(l, name, None)
+    if fn is None:
+        raise MlorcError(
+            MLORC_ERROR_UNSUPPORTED,
+            "MLORC_ERROR_UNSUPPORTED",
+            f"the loaded libmlorc ({_loader.loaded_path()}, version {version()}) has no sharded "
+            f"states ({name} is missing); rebuild it from a checkout that has them",
+            name,
+        )
+    return fn
 
 
 def _float_ptr(address: Optional[int]):
@@ -464,3 +560,91 @@ def state_load(state: int, data: bytes) -> None:
         lib().mlorc_state_load(c_void_p(state), ctypes.cast(buf, c_void_p), len(data)),
         "mlorc_state_load",
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Sharded states (issue 6)
+# --------------------------------------------------------------------------------------------
+
+
+def shard_init(begin: int, end: int, all_reduce=None, context: Optional[int] = None) -> MlorcShard:
+    """An MlorcShard for elements [begin, end) of the row-major matrix.
+
+    ``all_reduce`` is an ``MlorcAllReduceFn`` instance or None (NULL: fine for DENSE layout).
+    The returned struct references ``all_reduce``; the caller keeps that object alive as long as
+    any state created from the struct.
+    """
+    shard = MlorcShard()
+    fn = all_reduce if all_reduce is not None else MlorcAllReduceFn()
+    _check(
+        _sharded_fn("mlorc_shard_init")(byref(shard), begin, end, fn, c_void_p(context) if context else None),
+        "mlorc_shard_init",
+    )
+    return shard
+
+
+def shard_buffer_count(config: MlorcConfig, desc: MlorcTensorDesc, shard: MlorcShard) -> int:
+    n = c_size_t()
+    _check(
+        _sharded_fn("mlorc_shard_buffer_count")(byref(config), byref(desc), byref(shard), byref(n)),
+        "mlorc_shard_buffer_count",
+    )
+    return n.value
+
+
+def shard_buffer_info(config: MlorcConfig, desc: MlorcTensorDesc, shard: MlorcShard, index: int) -> MlorcBufferInfo:
+    info = MlorcBufferInfo()
+    info.struct_size = sizeof(MlorcBufferInfo)
+    _check(
+        _sharded_fn("mlorc_shard_buffer_info")(byref(config), byref(desc), byref(shard), index, byref(info)),
+        "mlorc_shard_buffer_info",
+    )
+    return info
+
+
+def shard_buffer_infos(config: MlorcConfig, desc: MlorcTensorDesc, shard: MlorcShard) -> List[Tuple[str, int, int]]:
+    """(name, rows, cols) of every state buffer of a shard, in the library's order."""
+    out = []
+    for i in range(shard_buffer_count(config, desc, shard)):
+        info = shard_buffer_info(config, desc, shard, i)
+        out.append((info.name.decode(), int(info.rows), int(info.cols)))
+    return out
+
+
+def shard_state_bytes_required(config: MlorcConfig, desc: MlorcTensorDesc, shard: MlorcShard) -> int:
+    n = c_size_t()
+    _check(
+        _sharded_fn("mlorc_shard_state_bytes_required")(byref(config), byref(desc), byref(shard), byref(n)),
+        "mlorc_shard_state_bytes_required",
+    )
+    return n.value
+
+
+def state_create_sharded(
+    config: MlorcConfig, desc: MlorcTensorDesc, shard: MlorcShard, buffers: Optional[Sequence[int]] = None
+) -> int:
+    """A new state for a shard; ``buffers`` (integer addresses in mlorc_shard_buffer_info order)
+    or None for library-owned zeroed buffers. The callback of ``shard`` must outlive the state."""
+    if buffers is None:
+        array, n = None, 0
+    else:
+        array = (POINTER(c_float) * max(len(buffers), 1))()
+        for i, address in enumerate(buffers):
+            array[i] = _float_ptr(address)
+        n = len(buffers)
+    out = c_void_p()
+    _check(
+        _sharded_fn("mlorc_state_create_sharded")(byref(config), byref(desc), byref(shard), array, n, byref(out)),
+        "mlorc_state_create_sharded",
+    )
+    return int(out.value)
+
+
+def state_shard_range(state: int) -> Tuple[int, int]:
+    """(begin, end) of the elements a state holds ((0, rows*cols) when unsharded)."""
+    b, e = c_uint64(), c_uint64()
+    _check(
+        _sharded_fn("mlorc_state_shard_range")(c_void_p(state), byref(b), byref(e)),
+        "mlorc_state_shard_range",
+    )
+    return b.value, e.value

@@ -13,9 +13,19 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import _capi
-from ._capi import MlorcError
+from ._capi import MlorcCollectiveError, MlorcError
+from ._shard import FlatShard, ParamView, TorchAllReduce, flat_shard, param_view
 
-__all__ = ["MLorcAdamW", "MLorcLion", "register_fused_backward", "MlorcError"]
+__all__ = [
+    "MLorcAdamW",
+    "MLorcLion",
+    "register_fused_backward",
+    "flat_shard",
+    "FlatShard",
+    "TorchAllReduce",
+    "MlorcError",
+    "MlorcCollectiveError",
+]
 
 _DTYPES = {
     torch.float32: _capi.MLORC_F32,
@@ -65,6 +75,14 @@ def _check_int(name: str, value: Any, lo: int) -> None:
 def _check_param(p: Tensor, cls: str) -> None:
     if not isinstance(p, Tensor):
         raise TypeError(f"{cls} can only optimize Tensors, got {type(p).__name__}")
+    from ._shard import _is_dtensor
+
+    if _is_dtensor(p):
+        # The library works on the local shard; param_view refuses placements it cannot map to
+        # one element range (raises NotImplementedError with what is supported).
+        view = param_view(p)
+        _check_param(view.local, cls)
+        return
     if p.is_sparse or p.layout != torch.strided:
         raise ValueError(f"{cls} does not support sparse parameters (layout {p.layout})")
     if p.dtype not in _DTYPES:
@@ -87,7 +105,7 @@ def _check_param(p: Tensor, cls: str) -> None:
 class _Handle:
     """A live MlorcState over the tensors of ``self.state[p]`` (not part of state_dict)."""
 
-    __slots__ = ("ptr", "key", "ptrs", "tensors", "config_key", "structure", "count", "infos")
+    __slots__ = ("ptr", "key", "ptrs", "tensors", "config_key", "structure", "count", "infos", "comm")
 
     def __init__(
         self, ptr: int, key: tuple, ptrs: tuple, tensors: list, config_key: tuple, structure: tuple
@@ -99,6 +117,7 @@ class _Handle:
         self.tensors = tensors  # keeps those buffers alive as long as the handle
         self.config_key = config_key
         self.count = 0  # the library's step count, as last set or read
+        self.comm: Optional[TorchAllReduce] = None  # a sharded state's callback: must outlive it
 
 
 def _destroy_handles(handles: Dict[int, _Handle]) -> None:
@@ -122,9 +141,13 @@ class _MLorcBase(Optimizer):
     # itself, as it does for torch's fused optimizers (torch/amp/grad_scaler.py).
     _step_supports_amp_scaling = True
 
-    def __init__(self, params: ParamsT, defaults: Dict[str, Any]) -> None:
+    def __init__(self, params: ParamsT, defaults: Dict[str, Any], process_group: Any = None) -> None:
         self._mlorc_handles: Dict[int, _Handle] = {}
         self._mlorc_group_of: Dict[int, int] = {}
+        # Not in defaults: a ProcessGroup is neither comparable nor serializable (state_dict).
+        self._mlorc_process_group = process_group
+        self._mlorc_comms: Dict[int, TorchAllReduce] = {}
+        self._mlorc_placeholders: Dict[Any, Tensor] = {}
         self._validate_group(defaults, "defaults")
         super().__init__(params, defaults)
         self._mlorc_finalizer = weakref.finalize(self, _destroy_handles, self._mlorc_handles)
@@ -198,9 +221,51 @@ class _MLorcBase(Optimizer):
     def _config_key(c: _capi.MlorcConfig) -> tuple:
         return tuple(getattr(c, f) for f, _ in c._fields_)
 
+    def _placeholder(self, device: torch.device) -> Tensor:
+        t = self._mlorc_placeholders.get(device)
+        if t is None:
+            t = self._mlorc_placeholders[device] = torch.zeros(1, dtype=torch.float32, device=device)
+        return t
+
+    def _view(self, p: Tensor) -> ParamView:
+        return param_view(p, self._mlorc_process_group)
+
+    def _comm(self, group: Any) -> TorchAllReduce:
+        """The all-reduce callback of a process group (one per group, shared by its states)."""
+        c = self._mlorc_comms.get(id(group))
+        if c is None or c.group is not group:
+            c = TorchAllReduce(group)
+            self._mlorc_comms[id(group)] = c
+        return c
+
+    def _shard_struct(self, view: ParamView) -> Tuple[_capi.MlorcShard, TorchAllReduce]:
+        comm = self._comm(view.group)
+        return _capi.shard_init(view.begin, view.end, comm.fn), comm
+
+    def _buffer_infos(self, config: _capi.MlorcConfig, desc: _capi.MlorcTensorDesc, view: ParamView) -> list:
+        if view.sharded:
+            shard, _ = self._shard_struct(view)
+            return _capi.shard_buffer_infos(config, desc, shard)
+        return _capi.buffer_infos(config, desc)
+
+    def comm_stats(self) -> Dict[str, int]:
+        """What this rank's sharded states have all-reduced so far: ``calls``, ``floats`` and
+        ``bytes`` (= 4·floats, the payload each rank contributes), summed over process groups.
+        Zero without sharded parameters. :meth:`reset_comm_stats` starts counting again."""
+        comms = list(self._mlorc_comms.values())
+        return {
+            "calls": sum(c.calls for c in comms),
+            "floats": sum(c.floats for c in comms),
+            "bytes": sum(c.bytes for c in comms),
+        }
+
+    def reset_comm_stats(self) -> None:
+        for c in self._mlorc_comms.values():
+            c.reset_counters()
+
     @staticmethod
-    def _desc(p: Tensor, grad_dtype: torch.dtype) -> _capi.MlorcTensorDesc:
-        rows, cols = _matrix_shape(p)
+    def _desc(p: Tensor, grad_dtype: torch.dtype, view: Optional[ParamView] = None) -> _capi.MlorcTensorDesc:
+        rows, cols = (view.rows, view.cols) if view is not None else _matrix_shape(p)
         d = _capi.tensor_desc_init(rows, cols, _DTYPES[p.dtype])
         d.grad_dtype = _DTYPES[grad_dtype]
         if p.device.type == "cuda":
@@ -208,7 +273,7 @@ class _MLorcBase(Optimizer):
             d.device_ordinal = p.device.index if p.device.index is not None else torch.cuda.current_device()
         return d
 
-    def _handle_for(self, p: Tensor, group: Dict[str, Any], grad: Tensor) -> _Handle:
+    def _handle_for(self, p: Tensor, group: Dict[str, Any], grad: Tensor, view: ParamView) -> _Handle:
         """The live handle of p, (re)created over the current state tensors when needed."""
         state = self.state[p]
         config = self._config(group)
@@ -218,10 +283,12 @@ class _MLorcBase(Optimizer):
                 f"{type(self).__name__}: rank, oversampling and layout of a parameter cannot "
                 "change once its state exists (they fix the state's shapes)"
             )
-        desc = self._desc(p, grad.dtype)
+        desc = self._desc(p, grad.dtype, view)
         key = (desc.rows, desc.cols, desc.param_dtype, desc.grad_dtype, desc.device, desc.device_ordinal)
-        # Buffer names/shapes depend only on (layout, rank, oversampling) and the desc.
-        infos = h.infos if h is not None and h.key == key else _capi.buffer_infos(config, desc)
+        if view.sharded:
+            key += (view.begin, view.end, id(view.group))
+        # Buffer names/shapes depend only on (layout, rank, oversampling), the desc and the shard.
+        infos = h.infos if h is not None and h.key == key else self._buffer_infos(config, desc, view)
         if not state:
             fresh = {name: torch.zeros((r, c), dtype=torch.float32, device=p.device) for name, r, c in infos}
             fresh_step = torch.tensor(0.0, dtype=torch.float32)
@@ -240,19 +307,30 @@ class _MLorcBase(Optimizer):
                     " (rank, oversampling and layout cannot change once a parameter has state)"
                 )
             tensors.append(t)
-        ptrs = tuple(t.data_ptr() for t in tensors)
+        # A buffer of 0 floats (the dense moments of an empty shard) has no memory and torch
+        # gives it data_ptr 0; the library wants a non-NULL address for every buffer it borrows
+        # (it reads and writes 0 floats there), so such buffers get a shared placeholder's.
+        ptrs = tuple(t.data_ptr() if t.numel() else self._placeholder(p.device).data_ptr() for t in tensors)
+        if any(t.numel() == 0 for t in tensors):
+            tensors.append(self._placeholder(p.device))  # the handle keeps it alive too
         ckey = self._config_key(config)
         if h is not None and h.ptrs == ptrs and h.key == key:
             if h.config_key != ckey:
                 _capi.state_set_config(h.ptr, config)
                 h.config_key = ckey
         else:
-            ptr = _capi.state_create_with_buffers(config, desc, ptrs)
+            comm = None
+            if view.sharded:
+                shard, comm = self._shard_struct(view)
+                ptr = _capi.state_create_sharded(config, desc, shard, ptrs)
+            else:
+                ptr = _capi.state_create_with_buffers(config, desc, ptrs)
             if h is not None:
                 _capi.state_destroy(h.ptr)
                 del self._mlorc_handles[id(p)]
             h = _Handle(ptr, key, ptrs, tensors, ckey, (config.layout, config.rank, config.oversampling))
             h.infos = infos
+            h.comm = comm
             self._mlorc_handles[id(p)] = h
             if fresh is not None:
                 state["step"] = fresh_step
@@ -277,22 +355,28 @@ class _MLorcBase(Optimizer):
         found_inf: Optional[Tensor],
         cache: Dict[Any, Tensor],
     ) -> None:
-        grad = p.grad
-        if grad is None or p.numel() == 0:
+        if p.grad is None:
             return
         name = type(self).__name__
+        view = self._view(p)
+        if view.numel == 0:
+            return
+        # The library reads and writes the local pieces: the parameter itself unless it is a
+        # DTensor (then its local shard; param_view checked the placements).
+        local = view.local
+        grad = view.local_grad(p)
         if grad.is_sparse or grad.layout != torch.strided:
             raise RuntimeError(f"{name} does not support sparse gradients")
-        _check_param(p, name)
+        _check_param(local, name)
         if grad.dtype not in _DTYPES:
             raise TypeError(f"{name} supports float32, float16 and bfloat16 gradients; got {grad.dtype}")
-        if grad.shape != p.shape or grad.device != p.device:
+        if grad.shape != local.shape or grad.device != local.device:
             raise ValueError(f"{name}: gradient {tuple(grad.shape)} on {grad.device} does not match its parameter")
         if not grad.is_contiguous():
             raise ValueError(
                 f"{name} needs contiguous gradients (strides {tuple(grad.stride())}); no hidden copy is made"
             )
-        h = self._handle_for(p, group, grad)
+        h = self._handle_for(p, group, grad, view)
 
         def on_device(t: Tensor, tag: str) -> Tensor:
             if t.device == p.device and t.dtype == torch.float32:
@@ -321,7 +405,24 @@ class _MLorcBase(Optimizer):
             found_inf=inf_t.data_ptr() if inf_t is not None else None,
             stream=stream,
         )
-        _capi.step(h.ptr, p.data_ptr(), grad.data_ptr(), options)
+        # An empty shard has no memory (data_ptr 0: NULL, which the library accepts for it) but
+        # still takes part in every all-reduce of the step.
+        try:
+            _capi.step(h.ptr, local.data_ptr(), grad.data_ptr(), options)
+        except MlorcCollectiveError as e:
+            cause = h.comm.take_error() if h.comm is not None else None
+            if cause is not None and not isinstance(cause, Exception):
+                raise cause from None  # KeyboardInterrupt, SystemExit: re-raise as they were
+            if cause is not None:
+                raise MlorcCollectiveError(
+                    e.status,
+                    e.status_name,
+                    f"{e.message} (torch.distributed.all_reduce raised {type(cause).__name__}: {cause}). "
+                    "This rank's parameter shard and state may now differ from the other ranks': "
+                    "reload a checkpoint on every rank.",
+                    e.function,
+                ) from cause
+            raise
         count = _capi.state_step_count(h.ptr)
         if count != h.count:
             h.count = count
@@ -377,13 +478,15 @@ class _MLorcBase(Optimizer):
 
         Per matrix of m×n with rank r: ``2·(m+n+1)·r·4`` bytes for AdamW, ``(m+n+1)·r·4`` for
         Lion; dense moments (``2·m·n·4`` / ``m·n·4``) for vectors and small matrices.
-        The ``state['step']`` scalars are not counted.
+        The ``state['step']`` scalars are not counted. For sharded parameters this is what this
+        rank holds: the whole (replicated) factors, or the dense moments of its own elements.
         """
         total = 0
         for group in self.param_groups:
             config = None
             for p in group["params"]:
-                if p.numel() == 0:
+                view = self._view(p)
+                if view.numel == 0:
                     continue
                 h = self._mlorc_handles.get(id(p))
                 if h is not None:
@@ -391,7 +494,12 @@ class _MLorcBase(Optimizer):
                 else:
                     config = config or self._config(group)
                     grad_dtype = p.grad.dtype if p.grad is not None else p.dtype
-                    total += _capi.state_bytes_required(config, self._desc(p, grad_dtype))
+                    desc = self._desc(p, grad_dtype, view)
+                    if view.sharded:
+                        shard, _ = self._shard_struct(view)
+                        total += _capi.shard_state_bytes_required(config, desc, shard)
+                    else:
+                        total += _capi.state_bytes_required(config, desc)
         return total
 
     # -- state_dict -------------------------------------------------------------------------------
@@ -433,9 +541,10 @@ class _MLorcBase(Optimizer):
                 raise ValueError(f"{name}.load_state_dict: the state of parameter {k} is not a dict")
             if not v:
                 continue
-            if p.numel() == 0:
+            view = self._view(p)
+            if view.numel == 0:
                 continue
-            infos = _capi.buffer_infos(self._config(merged), self._desc(p, p.dtype))
+            infos = self._buffer_infos(self._config(merged), self._desc(p, p.dtype, view), view)
             expected = {n: (r, c) for n, r, c in infos}
             missing = [n for n in ["step", *expected] if n not in v]
             extra = [n for n in v if n != "step" and n not in expected]
@@ -453,6 +562,15 @@ class _MLorcBase(Optimizer):
             fixed: Dict[str, Any] = {"step": torch.tensor(float(step_value), dtype=torch.float32)}
             for n, shape in expected.items():
                 t = v[n]
+                if (
+                    view.sharded
+                    and isinstance(t, Tensor)
+                    and tuple(t.shape) == (view.rows, view.cols)
+                    and shape == (1, view.end - view.begin)
+                ):
+                    # Dense moments of the whole matrix (an unsharded run's checkpoint, or one
+                    # gathered from every rank) into a shard: keep this shard's elements.
+                    t = t.reshape(-1)[view.begin : view.end].reshape(shape)
                 if not isinstance(t, Tensor) or not t.is_floating_point() or tuple(t.shape) != shape:
                     got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, Tensor) else type(t).__name__
                     raise ValueError(
@@ -478,6 +596,13 @@ class _MLorcBase(Optimizer):
             self._mlorc_handles = {}
             self._mlorc_finalizer = weakref.finalize(self, _destroy_handles, self._mlorc_handles)
             self._reindex_groups()
+        if not hasattr(self, "_mlorc_placeholders"):
+            self._mlorc_placeholders = {}
+        if not hasattr(self, "_mlorc_comms"):
+            # A process group does not survive pickling: sharded parameters of an unpickled
+            # optimizer use their DTensor mesh group / FlatShard group / the default group.
+            self._mlorc_process_group = None
+            self._mlorc_comms = {}
 
     def __getstate__(self) -> Dict[str, Any]:
         return {"defaults": self.defaults, "state": self.state, "param_groups": self.param_groups}
@@ -539,6 +664,24 @@ _COMMON_DOC = r"""
     optimizer, and a resumed run continues bit-exactly (the random sketches are a function
     of ``seed`` and the step). ``load_state_dict`` validates names and shapes first and
     leaves the optimizer unchanged on a mismatch.
+
+    **Sharded parameters (FSDP2, ZeRO-style ranges).** A parameter that is an FSDP2 DTensor
+    (``torch.distributed.fsdp.fully_shard``: placement ``Shard(0)``, possibly
+    ``(Replicate(), Shard(0))`` for HSDP) is stepped on its local shard: the library gets the
+    shard's element range ``[begin, end)`` of the whole ``m×n`` matrix and sums its sketches of
+    the whole matrix across ranks with ``torch.distributed.all_reduce`` over the DTensor's mesh
+    group (or ``process_group`` when given). A plain tensor marked with
+    :func:`mlorc.torch.flat_shard` holds any range (mid-row, or empty) of a parameter of a
+    given shape. The result equals the unsharded step on the gathered matrix within f32
+    rounding. Per step and FACTORED matrix, each rank all-reduces
+    ``(q+1)·{n_moments}·(m+n)·k`` floats in ``2·(q+1)`` calls{extra_reduce}, k = min(r+p, m, n);
+    dense moments (vectors, small matrices) need no communication. :meth:`comm_stats` counts
+    them. Every rank must call ``step()`` together (same parameters with gradients, same lr and
+    GradScaler state); an empty shard still takes part. The factors of a sharded matrix are
+    the same on every rank (``state_dict()`` of any rank holds them, and they load into any
+    sharding of the same matrix); dense moments are per rank, shape ``(1, end - begin)``
+    (``load_state_dict`` also accepts whole-matrix dense moments and keeps this rank's slice).
+    CPU only in this version. A failed all-reduce raises :class:`mlorc.MlorcCollectiveError`.
 """
 
 
@@ -570,6 +713,10 @@ class MLorcAdamW(_MLorcBase):
             rounding instead of round-to-nearest-even (default: False).
         seed (int, optional): seed of the random sketches (and of stochastic rounding);
             None uses the library's default seed (default: None).
+        process_group (ProcessGroup, optional): the group that the all-reduces of sharded
+            parameters go through; None: each DTensor's mesh group along its sharded
+            dimension, and for :func:`flat_shard` tensors their own group or else the default
+            group (default: None). Not part of ``state_dict``.
 """
         + _COMMON_DOC.format(
             formula="2·(m+n+1)·r·4",
@@ -578,6 +725,8 @@ class MLorcAdamW(_MLorcBase):
             plain="AdamW",
             names="exp_avg.u, exp_avg.s, exp_avg.v, exp_avg_sq.u, exp_avg_sq.s, exp_avg_sq.v",
             dense_names="exp_avg, exp_avg_sq",
+            n_moments="2",
+            extra_reduce=" (+ one call of 4 floats after the first step)",
         )
         + r"""
     Example:
@@ -604,6 +753,7 @@ class MLorcAdamW(_MLorcBase):
         bias_correction: bool = True,
         stochastic_rounding: bool = False,
         seed: Optional[int] = None,
+        process_group: Any = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -618,7 +768,7 @@ class MLorcAdamW(_MLorcBase):
             stochastic_rounding=stochastic_rounding,
             seed=seed,
         )
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, process_group=process_group)
 
 
 class MLorcLion(_MLorcBase):
@@ -644,6 +794,8 @@ class MLorcLion(_MLorcBase):
             (default: False).
         seed (int, optional): seed of the random sketches; None: the library default
             (default: None).
+        process_group (ProcessGroup, optional): the group of the all-reduces of sharded
+            parameters (see MLorcAdamW) (default: None).
 """
         + _COMMON_DOC.format(
             formula="(m+n+1)·r·4",
@@ -652,6 +804,8 @@ class MLorcLion(_MLorcBase):
             plain="Lion",
             names="exp_avg.u, exp_avg.s, exp_avg.v",
             dense_names="exp_avg",
+            n_moments="1",
+            extra_reduce="",
         )
     )
 
@@ -670,6 +824,7 @@ class MLorcLion(_MLorcBase):
         layout: str = "auto",
         stochastic_rounding: bool = False,
         seed: Optional[int] = None,
+        process_group: Any = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -682,7 +837,7 @@ class MLorcLion(_MLorcBase):
             stochastic_rounding=stochastic_rounding,
             seed=seed,
         )
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, process_group=process_group)
 
 
 def register_fused_backward(
