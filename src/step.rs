@@ -19,6 +19,10 @@ pub struct StepScalars {
     pub step_size: f32,
     /// AdamW: sqrt(1 − β2^t).
     pub bias_correction2_sqrt: f32,
+    /// AdamW: 1 / sqrt(1 − β2^t), rounded from f64: the CPU multiplies by it (a division costs
+    /// as much as the rest of the update there); the result differs from dividing by at most
+    /// an ulp of sqrt(V_t).
+    pub inv_bias_correction2_sqrt: f32,
     pub eps: f32,
     pub beta1: f32,
     pub beta2: f32,
@@ -60,6 +64,7 @@ impl StepScalars {
             decay: (1.0 - lr * config.weight_decay) as f32,
             step_size: step_size as f32,
             bias_correction2_sqrt: bias_correction2_sqrt as f32,
+            inv_bias_correction2_sqrt: (1.0 / bias_correction2_sqrt) as f32,
             eps: config.eps as f32,
             beta1: config.beta1 as f32,
             beta2: config.beta2 as f32,

@@ -283,6 +283,16 @@ pub(super) struct Source<'a> {
 }
 
 impl Source<'_> {
+    /// Asks for row `row`, columns `col0 .. col0 + len` of the gradient to be brought into cache.
+    #[inline(always)]
+    fn prefetch_grad<S: Lanes>(&self, row: usize, col0: usize, len: usize) {
+        let size = self.grad_dtype.size();
+        let start = (self.grad.get() as *const u8).wrapping_add((row * self.cols + col0) * size);
+        for line in (0..len * size).step_by(64) {
+            S::prefetch(start.wrapping_add(line));
+        }
+    }
+
     /// Row `row`, columns `col0 .. col0 + len` of the gradient into `out`, zero-padded to whole
     /// groups; returns those groups.
     fn load_grad<'b>(&'b self, row: usize, col0: usize, len: usize, out: &'b mut [f32; CHUNK]) -> &'b [F8] {
@@ -337,6 +347,12 @@ fn sketch_rows_fixed<S: Lanes, const K: usize, const RANK_IS_K: bool>(
     let mut grad = [0f32; CHUNK];
     for col0 in (0..n).step_by(CHUNK) {
         for (acc, i) in accs.iter_mut().zip(rows.clone()) {
+            // The row's next chunk, needed after the other rows of the block: the hardware
+            // prefetcher does not follow this many interleaved row streams.
+            let next = col0 + CHUNK;
+            if next < n {
+                source.prefetch_grad::<S>(i, next, CHUNK.min(n - next));
+            }
             let g = source.load_grad(i, col0, CHUNK.min(n - col0), &mut grad);
             for (mo, (terms, xg)) in source.moments.iter().zip(xgs).enumerate() {
                 // A local copy, so the accumulators live in registers for the chunk.
@@ -395,6 +411,28 @@ fn sketch_rows_dyn<S: Lanes>(source: &Source, xgs: &[&[F8]], vtx: &[f32], rows: 
 fn tile_width(cols: usize, threads: usize) -> usize {
     let per_thread = cols.div_ceil(2 * threads.max(1));
     (per_thread.div_ceil(CHUNK) * CHUNK).clamp(CHUNK, 8 * CHUNK)
+}
+
+/// `tile::project_rows`, or its fixed-size form when `RK` (rank = k) is known.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn project_rows<S: Lanes, const R: usize, const ADAMW: bool, const RK: usize>(
+    moments: &[MomentTerms],
+    qs: &[&[f32]],
+    rank: usize,
+    k: usize,
+    row0: usize,
+    group0: usize,
+    grads: &[&[F8]; R],
+    bacc: &mut [F8],
+    bstride: usize,
+    update: Option<(&StepScalars, &mut [&mut [F8]; R])>,
+) {
+    if RK > 0 {
+        tile::project_rows_fixed::<S, R, ADAMW, RK, RK>(moments, qs, row0, group0, grads, bacc, bstride, update)
+    } else {
+        tile::project_rows::<S, R, ADAMW>(moments, qs, rank, k, row0, group0, grads, bacc, bstride, update)
+    }
 }
 
 /// Rows the projection pass handles together.
@@ -491,7 +529,7 @@ fn project_block<S: Lanes, const R: usize, const ADAMW: bool, const RK: usize>(
         };
         let bacc = &mut acc[gi0..];
         match update {
-            None => tile::project_rows::<S, R, ADAMW>(source.moments, qs, rank, k, row0, group0, &grads, bacc, tile_groups, None),
+            None => project_rows::<S, R, ADAMW, RK>(source.moments, qs, rank, k, row0, group0, &grads, bacc, tile_groups, None),
             Some((param, Dtype::F32, scalars)) if len % LANES == 0 => {
                 // f32 weights are updated where they are.
                 let mut ws: [&mut [F8]; R] = std::array::from_fn(|r| {
@@ -500,7 +538,7 @@ fn project_block<S: Lanes, const R: usize, const ADAMW: bool, const RK: usize>(
                     // whole row of the state's elements, and only this tile touches these columns.
                     tile::as_groups_mut(unsafe { std::slice::from_raw_parts_mut(p, len) })
                 });
-                tile::project_rows::<S, R, ADAMW>(source.moments, qs, rank, k, row0, group0, &grads, bacc, tile_groups, Some((&scalars, &mut ws)));
+                project_rows::<S, R, ADAMW, RK>(source.moments, qs, rank, k, row0, group0, &grads, bacc, tile_groups, Some((&scalars, &mut ws)));
             }
             Some((param, dtype, scalars)) => {
                 for (r, w) in weights.iter_mut().enumerate() {
@@ -513,7 +551,7 @@ fn project_block<S: Lanes, const R: usize, const ADAMW: bool, const RK: usize>(
                     let mut it = weights.iter_mut();
                     std::array::from_fn(|_| tile::as_groups_mut(&mut it.next().unwrap()[..padded]))
                 };
-                tile::project_rows::<S, R, ADAMW>(source.moments, qs, rank, k, row0, group0, &grads, bacc, tile_groups, Some((&scalars, &mut ws)));
+                project_rows::<S, R, ADAMW, RK>(source.moments, qs, rank, k, row0, group0, &grads, bacc, tile_groups, Some((&scalars, &mut ws)));
                 for (r, w) in weights.iter().enumerate() {
                     unsafe { dtype::store(param.get(), dtype, (row0 + r) * n + chunk0, &w[..len], scalars.rounding) };
                 }

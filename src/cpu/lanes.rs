@@ -31,6 +31,10 @@ pub trait Lanes: Copy {
         Self::store(v, &mut out);
         out
     }
+    /// Hints that the cache line at `p` will be read soon. Any address is allowed: a
+    /// prefetch never faults and changes no result.
+    #[inline(always)]
+    fn prefetch(_p: *const u8) {}
 }
 
 /// Plain arrays: any target.
@@ -143,6 +147,10 @@ mod avx {
         #[inline(always)]
         fn splat(x: f32) -> __m256 {
             unsafe { _mm256_set1_ps(x) }
+        }
+        #[inline(always)]
+        fn prefetch(p: *const u8) {
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) }
         }
         #[inline(always)]
         fn load(a: &F8) -> __m256 {

@@ -72,7 +72,7 @@ impl MomentTerms {
 /// AdamW on eight weights from the new moments M_t, V_t.
 #[inline(always)]
 pub fn update_adamw<S: Lanes>(s: &StepScalars, w: S::V, m: S::V, v: S::V) -> S::V {
-    let denom = S::add(S::div(S::sqrt(v), S::splat(s.bias_correction2_sqrt)), S::splat(s.eps));
+    let denom = S::add(S::mul(S::sqrt(v), S::splat(s.inv_bias_correction2_sqrt)), S::splat(s.eps));
     S::sub(S::mul(w, S::splat(s.decay)), S::mul(S::splat(s.step_size), S::div(m, denom)))
 }
 
@@ -212,6 +212,107 @@ pub fn project_rows<S: Lanes, const R: usize, const ADAMW: bool>(
                     update_lion::<S>(scalars, w, olds[r], g[r])
                 };
                 S::store(w, &mut weights[r][gi]);
+            }
+        }
+    }
+}
+
+/// `project_rows` for a rank and sketch width known at compile time. The block's rows of U·S
+/// and Q are copied once into fixed arrays and the group loop indexes nothing it has to check,
+/// so the loop is arithmetic, not address bookkeeping. The same operations in the same order
+/// as `project_rows`: the same bits.
+#[inline(always)]
+pub fn project_rows_fixed<S: Lanes, const R: usize, const ADAMW: bool, const RANK: usize, const K: usize>(
+    moments: &[MomentTerms],
+    qs: &[&[f32]],
+    row0: usize,
+    group0: usize,
+    grads: &[&[F8]; R],
+    bacc: &mut [F8],
+    bstride: usize,
+    mut update: Option<(&StepScalars, &mut [&mut [F8]; R])>,
+) {
+    let count = if ADAMW { 2 } else { 1 };
+    let groups = grads[0].len();
+    // Every index of the loop below is in bounds of these checks.
+    assert!(moments.len() == count && qs.len() == count);
+    assert!(grads.iter().all(|g| g.len() == groups));
+    assert!(groups == 0 || bacc.len() >= (count * K - 1) * bstride + groups);
+    if let Some((_, weights)) = update.as_ref() {
+        assert!(weights.iter().all(|w| w.len() >= groups));
+    }
+    let mut us = [[[0f32; RANK]; R]; 2];
+    let mut q = [[[0f32; K]; R]; 2];
+    let mut vgs: [&[F8]; 2] = [&[], &[]];
+    for mo in 0..count {
+        for r in 0..R {
+            us[mo][r].copy_from_slice(&moments[mo].us[(row0 + r) * RANK..(row0 + r + 1) * RANK]);
+            q[mo][r].copy_from_slice(&qs[mo][(row0 + r) * K..(row0 + r + 1) * K]);
+        }
+        vgs[mo] = &moments[mo].vg[group0 * RANK..(group0 + groups) * RANK];
+    }
+    let bacc = bacc.as_mut_ptr();
+    #[inline(always)]
+    fn rebuild<S: Lanes, const RANK: usize>(us: &[f32; RANK], v: &[F8]) -> S::V {
+        let mut out = S::zero();
+        for l in 0..RANK {
+            out = S::add(out, S::mul(S::splat(us[l]), S::load(&v[l])));
+        }
+        out
+    }
+    #[inline(always)]
+    fn mix<S: Lanes>(terms: &MomentTerms, old: S::V, h: S::V) -> S::V {
+        S::add(S::mul(S::splat(terms.beta), old), S::mul(S::splat(terms.weight), h))
+    }
+    /// bacc[(first + l)·bstride + gi] += Σ_r q[r][l]·news[r], rows in order.
+    #[inline(always)]
+    unsafe fn accumulate<S: Lanes, const R: usize, const K: usize>(bacc: *mut F8, q: &[[f32; K]; R], first: usize, bstride: usize, gi: usize, news: &[S::V; R]) {
+        for l in 0..K {
+            // SAFETY: (first + l)·bstride + gi < (count·K − 1)·bstride + groups (asserted).
+            let dst = unsafe { &mut *bacc.add((first + l) * bstride + gi) };
+            let mut acc = S::load(dst);
+            for r in 0..R {
+                acc = S::add(acc, S::mul(S::splat(q[r][l]), news[r]));
+            }
+            S::store(acc, dst);
+        }
+    }
+    for gi in 0..groups {
+        let mut g = [S::zero(); R];
+        for r in 0..R {
+            // SAFETY: gi < groups = grads[r].len() (asserted).
+            g[r] = S::load(unsafe { grads[r].get_unchecked(gi) });
+        }
+        let vm = &vgs[0][gi * RANK..(gi + 1) * RANK];
+        let mut olds = [S::zero(); R];
+        let mut firsts = [S::zero(); R];
+        for r in 0..R {
+            olds[r] = rebuild::<S, RANK>(&us[0][r], vm);
+            firsts[r] = mix::<S>(&moments[0], olds[r], g[r]);
+        }
+        // SAFETY (accumulate): the bounds asserted above.
+        unsafe { accumulate::<S, R, K>(bacc, &q[0], 0, bstride, gi, &firsts) };
+        let mut seconds = [S::zero(); R];
+        if ADAMW {
+            let vv = &vgs[1][gi * RANK..(gi + 1) * RANK];
+            let fill = S::splat(moments[1].fill);
+            for r in 0..R {
+                let old = S::fill_negative(rebuild::<S, RANK>(&us[1][r], vv), fill);
+                seconds[r] = mix::<S>(&moments[1], old, S::mul(g[r], g[r]));
+            }
+            unsafe { accumulate::<S, R, K>(bacc, &q[1], K, bstride, gi, &seconds) };
+        }
+        if let Some((scalars, weights)) = update.as_mut() {
+            for r in 0..R {
+                // SAFETY: gi < groups <= weights[r].len() (asserted).
+                let w8 = unsafe { weights[r].get_unchecked_mut(gi) };
+                let w = S::load(w8);
+                let w = if ADAMW {
+                    update_adamw::<S>(scalars, w, firsts[r], seconds[r])
+                } else {
+                    update_lion::<S>(scalars, w, olds[r], g[r])
+                };
+                S::store(w, w8);
             }
         }
     }
