@@ -360,7 +360,11 @@ fn sketch_rows_fixed<S: Lanes, const K: usize, const RANK_IS_K: bool>(
                 if mo == 0 {
                     tile::sketch_chunk_grad::<S, K>(xg, col0 / LANES, g, &mut a);
                 } else {
-                    tile::sketch_chunk::<S, K>(terms, xg, rank, i, col0 / LANES, g, &mut a);
+                    if RANK_IS_K {
+                        tile::sketch_chunk_fixed::<S, K, K>(terms, xg, i, col0 / LANES, g, &mut a);
+                    } else {
+                        tile::sketch_chunk::<S, K>(terms, xg, rank, i, col0 / LANES, g, &mut a);
+                    }
                 }
                 acc[mo] = a;
             }
@@ -582,7 +586,8 @@ fn negatives_rows_fixed<S: Lanes, const RANK: usize>(terms: &MomentTerms, rank: 
     let mut partial = [(0f64, 0u64); ROW_BLOCK];
     for group0 in (0..groups).step_by(GROUPS) {
         for (p, i) in partial.iter_mut().zip(rows.clone()) {
-            let (s, c) = tile::negatives_chunk::<S>(terms, rank, i, group0..(group0 + GROUPS).min(groups));
+            let chunk = group0..(group0 + GROUPS).min(groups);
+            let (s, c) = if RANK > 0 { tile::negatives_chunk_fixed::<S, RANK>(terms, i, chunk) } else { tile::negatives_chunk::<S>(terms, rank, i, chunk) };
             p.0 += s as f64;
             p.1 += c as u64;
         }

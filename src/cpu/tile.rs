@@ -106,6 +106,38 @@ pub fn sketch_chunk<S: Lanes, const K: usize>(
     }
 }
 
+/// `sketch_chunk` for a rank known at compile time: the row's U·S splats and the moment's
+/// scalars are made once per chunk and V and X are walked without index checks. Same
+/// operations in the same order.
+#[inline(always)]
+pub fn sketch_chunk_fixed<S: Lanes, const K: usize, const RANK: usize>(
+    terms: &MomentTerms,
+    xg: &[F8],
+    row: usize,
+    group0: usize,
+    g: &[F8],
+    acc: &mut [S::V; K],
+) {
+    let us: &[f32; RANK] = terms.us[row * RANK..(row + 1) * RANK].try_into().expect("a row of U·S has RANK values");
+    let a: [S::V; RANK] = std::array::from_fn(|l| S::splat(us[l]));
+    let (fill, beta, weight) = (S::splat(terms.fill), S::splat(terms.beta), S::splat(terms.weight));
+    let groups = g.len();
+    let vs = terms.vg[group0 * RANK..(group0 + groups) * RANK].chunks_exact(RANK);
+    let xs = xg[group0 * K..(group0 + groups) * K].chunks_exact(K);
+    for ((g8, v), x) in g.iter().zip(vs).zip(xs) {
+        let mut old = S::zero();
+        for l in 0..RANK {
+            old = S::add(old, S::mul(a[l], S::load(&v[l])));
+        }
+        let old = S::fill_negative(old, fill);
+        let gv = S::load(g8);
+        let new = S::add(S::mul(beta, old), S::mul(weight, S::mul(gv, gv)));
+        for l in 0..K {
+            acc[l] = S::add(acc[l], S::mul(new, S::load(&x[l])));
+        }
+    }
+}
+
 /// The gradient part of the first moment's sketch: acc[l] += G[row, group]·X[group, l].
 #[inline(always)]
 pub fn sketch_chunk_grad<S: Lanes, const K: usize>(xg: &[F8], group0: usize, g: &[F8], acc: &mut [S::V; K]) {
@@ -327,6 +359,25 @@ pub fn negatives_chunk<S: Lanes>(terms: &MomentTerms, rank: usize, row: usize, g
     let mut count = S::zero();
     for group in groups {
         let x = terms.rebuild::<S>(rank, row, group);
+        sum = S::add(sum, S::negative_magnitude(x));
+        count = S::add(count, S::negative_indicator(x));
+    }
+    (sum_lanes(&S::to_array(sum)), S::to_array(count).iter().map(|&c| c as u32).sum())
+}
+
+/// `negatives_chunk` for a rank known at compile time: the row's U·S splats are made once and
+/// the chunk's V is walked without index checks. Same operations in the same order.
+#[inline(always)]
+pub fn negatives_chunk_fixed<S: Lanes, const RANK: usize>(terms: &MomentTerms, row: usize, groups: std::ops::Range<usize>) -> (f32, u32) {
+    let us: &[f32; RANK] = terms.us[row * RANK..(row + 1) * RANK].try_into().expect("a row of U·S has RANK values");
+    let a: [S::V; RANK] = std::array::from_fn(|l| S::splat(us[l]));
+    let mut sum = S::zero();
+    let mut count = S::zero();
+    for v in terms.vg[groups.start * RANK..groups.end * RANK].chunks_exact(RANK) {
+        let mut x = S::zero();
+        for l in 0..RANK {
+            x = S::add(x, S::mul(a[l], S::load(&v[l])));
+        }
         sum = S::add(sum, S::negative_magnitude(x));
         count = S::add(count, S::negative_indicator(x));
     }
