@@ -3,11 +3,12 @@
 //!
 //! Options (environment): MLORC_BENCH_SHAPES="1024x1024,4096x4096,4096x11008",
 //! MLORC_BENCH_REPS (timed steps per case, default 7), MLORC_BENCH_ONLY=dense|q0|q1 (one case,
-//! for profiling), MLORC_NUM_THREADS.
+//! for profiling), MLORC_BENCH_DTYPE=bf16 (bf16 param and grad instead of f32),
+//! MLORC_NUM_THREADS.
 
 use std::time::Instant;
 
-use mlorc::{Algorithm, Config, Device, Dtype, LayoutRequest, State, StepOptions, TensorDesc};
+use mlorc::{Algorithm, Config, Device, LayoutRequest, State, StepOptions, TensorDesc};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -31,10 +32,33 @@ fn now() -> f64 {
 }
 
 fn time_steps(config: &Config, m: usize, n: usize, reps: usize) -> (f64, usize) {
-    let desc = TensorDesc { rows: m, cols: n, param_dtype: Dtype::F32, grad_dtype: Dtype::F32, device: Device::Cpu };
+    if std::env::var("MLORC_BENCH_DTYPE").as_deref() == Ok("bf16") {
+        time_steps_of::<half::bf16>(config, m, n, reps)
+    } else {
+        time_steps_of::<f32>(config, m, n, reps)
+    }
+}
+
+/// Parameter and gradient element types the benchmark can time.
+trait BenchElement: mlorc::state::Element + Send + Sync {
+    fn of(x: f32) -> Self;
+}
+impl BenchElement for f32 {
+    fn of(x: f32) -> f32 {
+        x
+    }
+}
+impl BenchElement for half::bf16 {
+    fn of(x: f32) -> half::bf16 {
+        half::bf16::from_f32(x)
+    }
+}
+
+fn time_steps_of<E: BenchElement>(config: &Config, m: usize, n: usize, reps: usize) -> (f64, usize) {
+    let desc = TensorDesc { rows: m, cols: n, param_dtype: E::DTYPE, grad_dtype: E::DTYPE, device: Device::Cpu };
     let mut state = State::new(config, &desc).unwrap();
-    let mut w: Vec<f32> = (0..m * n).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect();
-    let g: Vec<f32> = (0..m * n).map(|i| ((i * 104729) % 2001) as f32 * 1e-4 - 0.1).collect();
+    let mut w: Vec<E> = (0..m * n).map(|i| E::of(((i * 7919) % 1000) as f32 * 1e-3 - 0.5)).collect();
+    let g: Vec<E> = (0..m * n).map(|i| E::of(((i * 104729) % 2001) as f32 * 1e-4 - 0.1)).collect();
     let opts = StepOptions::lr(1e-4);
     mlorc::run_on_pool(|| {
         for _ in 0..2 {
@@ -55,7 +79,8 @@ fn main() {
     let shapes = std::env::var("MLORC_BENCH_SHAPES").unwrap_or_else(|_| "1024x1024,4096x4096,4096x11008".into());
     let reps: usize = std::env::var("MLORC_BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(7);
     let threads = mlorc::run_on_pool(rayon::current_num_threads);
-    println!("CPU step, f32 param and grad, {threads} threads, median of {reps} steps after 2 warm-up steps");
+    let dtype = std::env::var("MLORC_BENCH_DTYPE").unwrap_or_else(|_| "f32".into());
+    println!("CPU step, {dtype} param and grad, {threads} threads, median of {reps} steps after 2 warm-up steps");
     println!(
         "| shape | dense AdamW ms | MLorc q=0 ms | ratio | MLorc q=1 ms | ratio | dense state MB | MLorc state MB | state ratio |"
     );

@@ -295,6 +295,7 @@ impl Source<'_> {
 
     /// Row `row`, columns `col0 .. col0 + len` of the gradient into `out`, zero-padded to whole
     /// groups; returns those groups.
+    #[inline(always)] // into the AVX2 passes, where the conversions vectorize
     fn load_grad<'b>(&'b self, row: usize, col0: usize, len: usize, out: &'b mut [f32; CHUNK]) -> &'b [F8] {
         let offset = row * self.cols + col0;
         if self.grad_dtype == Dtype::F32 && self.grad_factor == 1.0 && len % LANES == 0 {
@@ -524,13 +525,13 @@ fn project_block<S: Lanes, const R: usize, const ADAMW: bool, const RK: usize>(
         let padded = tile::groups(len) * LANES;
         let (group0, gi0) = (chunk0 / LANES, (chunk0 - col0) / LANES);
         let RowScratch { grads, weights } = scratch;
-        let grads: [&[F8]; R] = {
-            let mut rows = grads.iter_mut().enumerate();
-            std::array::from_fn(|_| {
-                let (r, g) = rows.next().unwrap();
-                source.load_grad(row0 + r, chunk0, len, g)
-            })
-        };
+        // A plain loop, not array::from_fn: its closure would not be inlined into this AVX2
+        // code, and the 16-bit conversions in load_grad would run scalar.
+        let mut rows: [&[F8]; R] = [&[]; R];
+        for (r, (slot, g)) in rows.iter_mut().zip(grads.iter_mut()).enumerate() {
+            *slot = source.load_grad(row0 + r, chunk0, len, g);
+        }
+        let grads = rows;
         let bacc = &mut acc[gi0..];
         match update {
             None => project_rows::<S, R, ADAMW, RK>(source.moments, qs, rank, k, row0, group0, &grads, bacc, tile_groups, None),
