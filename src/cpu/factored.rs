@@ -418,28 +418,6 @@ fn tile_width(cols: usize, threads: usize) -> usize {
     (per_thread.div_ceil(CHUNK) * CHUNK).clamp(CHUNK, 8 * CHUNK)
 }
 
-/// `tile::project_rows`, or its fixed-size form when `RK` (rank = k) is known.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn project_rows<S: Lanes, const R: usize, const ADAMW: bool, const RK: usize>(
-    moments: &[MomentTerms],
-    qs: &[&[f32]],
-    rank: usize,
-    k: usize,
-    row0: usize,
-    group0: usize,
-    grads: &[&[F8]; R],
-    bacc: &mut [F8],
-    bstride: usize,
-    update: Option<(&StepScalars, &mut [&mut [F8]; R])>,
-) {
-    if RK > 0 {
-        tile::project_rows_fixed::<S, R, ADAMW, RK, RK>(moments, qs, row0, group0, grads, bacc, bstride, update)
-    } else {
-        tile::project_rows::<S, R, ADAMW>(moments, qs, rank, k, row0, group0, grads, bacc, bstride, update)
-    }
-}
-
 /// Rows the projection pass handles together.
 const PROJECT_ROWS: usize = 4;
 
@@ -534,7 +512,7 @@ fn project_block<S: Lanes, const R: usize, const ADAMW: bool, const RK: usize>(
         let grads = rows;
         let bacc = &mut acc[gi0..];
         match update {
-            None => project_rows::<S, R, ADAMW, RK>(source.moments, qs, rank, k, row0, group0, &grads, bacc, tile_groups, None),
+            None => tile::project_rows::<S, R, ADAMW, RK>(source.moments, qs, rank, k, row0, group0, &grads, bacc, tile_groups, None),
             Some((param, Dtype::F32, scalars)) if len % LANES == 0 => {
                 // f32 weights are updated where they are.
                 let mut ws: [&mut [F8]; R] = std::array::from_fn(|r| {
@@ -543,7 +521,7 @@ fn project_block<S: Lanes, const R: usize, const ADAMW: bool, const RK: usize>(
                     // whole row of the state's elements, and only this tile touches these columns.
                     tile::as_groups_mut(unsafe { std::slice::from_raw_parts_mut(p, len) })
                 });
-                project_rows::<S, R, ADAMW, RK>(source.moments, qs, rank, k, row0, group0, &grads, bacc, tile_groups, Some((&scalars, &mut ws)));
+                tile::project_rows::<S, R, ADAMW, RK>(source.moments, qs, rank, k, row0, group0, &grads, bacc, tile_groups, Some((&scalars, &mut ws)));
             }
             Some((param, dtype, scalars)) => {
                 for (r, w) in weights.iter_mut().enumerate() {
@@ -556,7 +534,7 @@ fn project_block<S: Lanes, const R: usize, const ADAMW: bool, const RK: usize>(
                     let mut it = weights.iter_mut();
                     std::array::from_fn(|_| tile::as_groups_mut(&mut it.next().unwrap()[..padded]))
                 };
-                project_rows::<S, R, ADAMW, RK>(source.moments, qs, rank, k, row0, group0, &grads, bacc, tile_groups, Some((&scalars, &mut ws)));
+                tile::project_rows::<S, R, ADAMW, RK>(source.moments, qs, rank, k, row0, group0, &grads, bacc, tile_groups, Some((&scalars, &mut ws)));
                 for (r, w) in weights.iter().enumerate() {
                     unsafe { dtype::store(param.get(), dtype, (row0 + r) * n + chunk0, &w[..len], scalars.rounding) };
                 }

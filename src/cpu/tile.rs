@@ -190,9 +190,10 @@ pub fn sketch_chunk_dyn<S: Lanes>(
 /// Q_mo[row, l]·A_mo[row, group0 + gi] (`bacc` starts at the chunk's first group). Summing the
 /// rows of a block in registers before one store gives the same bits as one row at a time.
 /// `grads[r]` holds row r's gradient (whole groups); `weights`, when given, the rows' weights,
-/// updated in place by `scalars`. `ADAMW`: two moments, else Lion's one.
+/// updated in place by `scalars`. `ADAMW`: two moments, else Lion's one. `RK` > 0: rank = k =
+/// RK, known at compile time (`project_rows_fixed`).
 #[inline(always)]
-pub fn project_rows<S: Lanes, const R: usize, const ADAMW: bool>(
+pub fn project_rows<S: Lanes, const R: usize, const ADAMW: bool, const RK: usize>(
     moments: &[MomentTerms],
     qs: &[&[f32]],
     rank: usize,
@@ -204,6 +205,9 @@ pub fn project_rows<S: Lanes, const R: usize, const ADAMW: bool>(
     bstride: usize,
     mut update: Option<(&StepScalars, &mut [&mut [F8]; R])>,
 ) {
+    if RK > 0 {
+        return project_rows_fixed::<S, R, ADAMW, RK, RK>(moments, qs, row0, group0, grads, bacc, bstride, update);
+    }
     #[inline(always)]
     fn accumulate<S: Lanes, const R: usize>(bacc: &mut [F8], q: &[f32], k: usize, row0: usize, first: usize, bstride: usize, news: &[S::V; R]) {
         for l in 0..k {
