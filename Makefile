@@ -81,7 +81,7 @@ memcheck: ctest-build
 	[ $$ran -gt 0 ] && [ $$failed -eq 0 ]
 
 test-rust:
-	$(CARGO) test --release
+	$(CARGO) test --profile test-opt
 
 test-python: build
 	$(PYTHON) -m pytest -q bindings/python/tests

@@ -35,4 +35,4 @@ fi
 echo "nvrtc-check: using $(ls "$dir"/libnvrtc.so* | head -1)"
 unset CUDARC_CUDA_VERSION
 LD_LIBRARY_PATH="$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" MLORC_REQUIRE_NVRTC=1 \
-    cargo test --release --test cuda_nvrtc -- --nocapture
+    cargo test --profile test-opt --test cuda_nvrtc -- --nocapture

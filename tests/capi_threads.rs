@@ -47,10 +47,27 @@ fn concurrent_use_of_one_state_is_refused_not_raced() {
             }
             refused
         });
+        // The watcher stops when this scope ends, even if an assertion below fails (a panic
+        // here would otherwise wait forever for the watcher).
+        struct StopWatcher<'a>(&'a AtomicBool);
+        impl Drop for StopWatcher<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _stop = StopWatcher(&stepping);
         // Step until the watcher has seen a refusal (each step takes milliseconds; the watcher
         // polls continuously), at most 200 steps.
         for _ in 0..200 {
-            let status = mlorc_step(handle.0, param.as_mut_ptr().cast(), grad.as_ptr().cast(), &options);
+            // The refusal works both ways: a step that starts while the watcher's call is in
+            // flight is refused too, and is simply tried again.
+            let status = loop {
+                let status = mlorc_step(handle.0, param.as_mut_ptr().cast(), grad.as_ptr().cast(), &options);
+                let message = unsafe { CStr::from_ptr(mlorc_last_error_message()) }.to_string_lossy().into_owned();
+                if !(status == MLORC_ERROR_INVALID_ARGUMENT && message.contains("in use")) {
+                    break status;
+                }
+            };
             assert_eq!(status, MLORC_OK);
             if watcher.is_finished() {
                 break;
