@@ -173,12 +173,9 @@ impl FactoredPasses for CpuFactored<'_> {
             segment::sketch(&source, &xgs, seg, &mut out);
             partial.push((seg.row, out));
         }
-        let sharded = self.plan.is_sharded();
-        for w in &mut self.work {
-            if sharded {
-                // Rows outside the shard are other ranks' part of the sum.
-                w.y.fill(0.0);
-            }
+        if self.plan.is_sharded() {
+            // Rows outside the shard are other ranks' part of the sum.
+            self.work.iter_mut().for_each(|w| w.y.fill(0.0));
         }
         for (b, out) in blocks.iter().enumerate() {
             for (ri, row) in out.chunks_exact(moments * k).enumerate() {

@@ -64,9 +64,32 @@ impl MomentTerms {
             old = S::fill_negative(old, S::splat(self.fill));
             h = S::mul(g, g);
         }
-        let new = S::add(S::mul(S::splat(self.beta), old), S::mul(S::splat(self.weight), h));
-        (old, new)
+        (old, self.mix::<S>(old, h))
     }
+
+    /// The new moment β·old + (1 − β)·h.
+    #[inline(always)]
+    pub fn mix<S: Lanes>(&self, old: S::V, h: S::V) -> S::V {
+        S::add(S::mul(S::splat(self.beta), old), S::mul(S::splat(self.weight), h))
+    }
+
+    /// Row `row` of U·diag(S) as splats, for the kernels of a rank known at compile time.
+    #[inline(always)]
+    pub fn row_splats<S: Lanes, const RANK: usize>(&self, row: usize) -> [S::V; RANK] {
+        let us: &[f32; RANK] = self.us[row * RANK..(row + 1) * RANK].try_into().expect("a row of U·S has RANK values");
+        std::array::from_fn(|l| S::splat(us[l]))
+    }
+}
+
+/// One group of U·diag(S)·Vᵀ from a row's splats (`MomentTerms::row_splats`) and the group's
+/// RANK vectors of V: the operations of `MomentTerms::rebuild`, in its order.
+#[inline(always)]
+pub fn rebuild_fixed<S: Lanes, const RANK: usize>(us: &[S::V; RANK], v: &[F8]) -> S::V {
+    let mut out = S::zero();
+    for l in 0..RANK {
+        out = S::add(out, S::mul(us[l], S::load(&v[l])));
+    }
+    out
 }
 
 /// AdamW on eight weights from the new moments M_t, V_t.
@@ -118,18 +141,13 @@ pub fn sketch_chunk_fixed<S: Lanes, const K: usize, const RANK: usize>(
     g: &[F8],
     acc: &mut [S::V; K],
 ) {
-    let us: &[f32; RANK] = terms.us[row * RANK..(row + 1) * RANK].try_into().expect("a row of U·S has RANK values");
-    let a: [S::V; RANK] = std::array::from_fn(|l| S::splat(us[l]));
+    let us = terms.row_splats::<S, RANK>(row);
     let (fill, beta, weight) = (S::splat(terms.fill), S::splat(terms.beta), S::splat(terms.weight));
     let groups = g.len();
     let vs = terms.vg[group0 * RANK..(group0 + groups) * RANK].chunks_exact(RANK);
     let xs = xg[group0 * K..(group0 + groups) * K].chunks_exact(K);
     for ((g8, v), x) in g.iter().zip(vs).zip(xs) {
-        let mut old = S::zero();
-        for l in 0..RANK {
-            old = S::add(old, S::mul(a[l], S::load(&v[l])));
-        }
-        let old = S::fill_negative(old, fill);
+        let old = S::fill_negative(rebuild_fixed::<S, RANK>(&us, v), fill);
         let gv = S::load(g8);
         let new = S::add(S::mul(beta, old), S::mul(weight, S::mul(gv, gv)));
         for l in 0..K {
@@ -277,29 +295,17 @@ pub fn project_rows_fixed<S: Lanes, const R: usize, const ADAMW: bool, const RAN
     if let Some((_, weights)) = update.as_ref() {
         assert!(weights.iter().all(|w| w.len() >= groups));
     }
-    let mut us = [[[0f32; RANK]; R]; 2];
+    let mut us = [[[S::zero(); RANK]; R]; 2];
     let mut q = [[[0f32; K]; R]; 2];
     let mut vgs: [&[F8]; 2] = [&[], &[]];
     for mo in 0..count {
         for r in 0..R {
-            us[mo][r].copy_from_slice(&moments[mo].us[(row0 + r) * RANK..(row0 + r + 1) * RANK]);
+            us[mo][r] = moments[mo].row_splats::<S, RANK>(row0 + r);
             q[mo][r].copy_from_slice(&qs[mo][(row0 + r) * K..(row0 + r + 1) * K]);
         }
         vgs[mo] = &moments[mo].vg[group0 * RANK..(group0 + groups) * RANK];
     }
     let bacc = bacc.as_mut_ptr();
-    #[inline(always)]
-    fn rebuild<S: Lanes, const RANK: usize>(us: &[f32; RANK], v: &[F8]) -> S::V {
-        let mut out = S::zero();
-        for l in 0..RANK {
-            out = S::add(out, S::mul(S::splat(us[l]), S::load(&v[l])));
-        }
-        out
-    }
-    #[inline(always)]
-    fn mix<S: Lanes>(terms: &MomentTerms, old: S::V, h: S::V) -> S::V {
-        S::add(S::mul(S::splat(terms.beta), old), S::mul(S::splat(terms.weight), h))
-    }
     /// bacc[(first + l)·bstride + gi] += Σ_r q[r][l]·news[r], rows in order.
     #[inline(always)]
     unsafe fn accumulate<S: Lanes, const R: usize, const K: usize>(bacc: *mut F8, q: &[[f32; K]; R], first: usize, bstride: usize, gi: usize, news: &[S::V; R]) {
@@ -323,8 +329,8 @@ pub fn project_rows_fixed<S: Lanes, const R: usize, const ADAMW: bool, const RAN
         let mut olds = [S::zero(); R];
         let mut firsts = [S::zero(); R];
         for r in 0..R {
-            olds[r] = rebuild::<S, RANK>(&us[0][r], vm);
-            firsts[r] = mix::<S>(&moments[0], olds[r], g[r]);
+            olds[r] = rebuild_fixed::<S, RANK>(&us[0][r], vm);
+            firsts[r] = moments[0].mix::<S>(olds[r], g[r]);
         }
         // SAFETY (accumulate): the bounds asserted above.
         unsafe { accumulate::<S, R, K>(bacc, &q[0], 0, bstride, gi, &firsts) };
@@ -333,8 +339,8 @@ pub fn project_rows_fixed<S: Lanes, const R: usize, const ADAMW: bool, const RAN
             let vv = &vgs[1][gi * RANK..(gi + 1) * RANK];
             let fill = S::splat(moments[1].fill);
             for r in 0..R {
-                let old = S::fill_negative(rebuild::<S, RANK>(&us[1][r], vv), fill);
-                seconds[r] = mix::<S>(&moments[1], old, S::mul(g[r], g[r]));
+                let old = S::fill_negative(rebuild_fixed::<S, RANK>(&us[1][r], vv), fill);
+                seconds[r] = moments[1].mix::<S>(old, S::mul(g[r], g[r]));
             }
             unsafe { accumulate::<S, R, K>(bacc, &q[1], K, bstride, gi, &seconds) };
         }
@@ -373,15 +379,11 @@ pub fn negatives_chunk<S: Lanes>(terms: &MomentTerms, rank: usize, row: usize, g
 /// the chunk's V is walked without index checks. Same operations in the same order.
 #[inline(always)]
 pub fn negatives_chunk_fixed<S: Lanes, const RANK: usize>(terms: &MomentTerms, row: usize, groups: std::ops::Range<usize>) -> (f32, u32) {
-    let us: &[f32; RANK] = terms.us[row * RANK..(row + 1) * RANK].try_into().expect("a row of U·S has RANK values");
-    let a: [S::V; RANK] = std::array::from_fn(|l| S::splat(us[l]));
+    let us = terms.row_splats::<S, RANK>(row);
     let mut sum = S::zero();
     let mut count = S::zero();
     for v in terms.vg[groups.start * RANK..groups.end * RANK].chunks_exact(RANK) {
-        let mut x = S::zero();
-        for l in 0..RANK {
-            x = S::add(x, S::mul(a[l], S::load(&v[l])));
-        }
+        let x = rebuild_fixed::<S, RANK>(&us, v);
         sum = S::add(sum, S::negative_magnitude(x));
         count = S::add(count, S::negative_indicator(x));
     }
