@@ -23,8 +23,8 @@ fn step_groups<S: Lanes>(s: &StepScalars, m: &mut [F8], v: Option<&mut [F8]>, g:
             let (b2, w2) = (S::splat(b2), S::splat(w2));
             for (((m8, v8), g8), w8) in m.iter_mut().zip(v.iter_mut()).zip(g).zip(w.iter_mut()) {
                 let g = S::load(g8);
-                let m = S::add(S::mul(b1, S::load(m8)), S::mul(w1, g));
-                let v = S::add(S::mul(b2, S::load(v8)), S::mul(w2, S::mul(g, g)));
+                let m = S::mul_add(b1, S::load(m8), S::mul(w1, g));
+                let v = S::mul_add(b2, S::load(v8), S::mul(w2, S::mul(g, g)));
                 S::store(m, m8);
                 S::store(v, v8);
                 S::store(tile::update_adamw::<S>(s, S::load(w8), m, v), w8);
@@ -34,7 +34,7 @@ fn step_groups<S: Lanes>(s: &StepScalars, m: &mut [F8], v: Option<&mut [F8]>, g:
             for ((m8, g8), w8) in m.iter_mut().zip(g).zip(w.iter_mut()) {
                 let (g, m) = (S::load(g8), S::load(m8));
                 S::store(tile::update_lion::<S>(s, S::load(w8), m, g), w8);
-                S::store(S::add(S::mul(b1, m), S::mul(w1, g)), m8);
+                S::store(S::mul_add(b1, m, S::mul(w1, g)), m8);
             }
         }
     }

@@ -71,7 +71,7 @@ pub(super) fn sketch(source: &Source, xgs: &[&[F8]], segment: &Segment, y_rows: 
             let (_, new) = moment_lanes(terms, is_second(source.moments, mo), source.rank, segment.row, group, g);
             let new = masked(new, &lanes);
             for (l, a) in acc.iter_mut().enumerate() {
-                *a = P::add(*a, P::mul(new, xg[group * k + l]));
+                *a = P::mul_add(new, xg[group * k + l], *a);
             }
         }
         for (l, a) in acc.iter().enumerate() {

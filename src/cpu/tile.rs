@@ -49,7 +49,7 @@ impl MomentTerms {
         let v = &self.vg[group * rank..(group + 1) * rank];
         let mut out = S::zero();
         for (&a, vl) in us.iter().zip(v) {
-            out = S::add(out, S::mul(S::splat(a), S::load(vl)));
+            out = S::mul_add(S::splat(a), S::load(vl), out);
         }
         out
     }
@@ -70,7 +70,7 @@ impl MomentTerms {
     /// The new moment β·old + (1 − β)·h.
     #[inline(always)]
     pub fn mix<S: Lanes>(&self, old: S::V, h: S::V) -> S::V {
-        S::add(S::mul(S::splat(self.beta), old), S::mul(S::splat(self.weight), h))
+        S::mul_add(S::splat(self.beta), old, S::mul(S::splat(self.weight), h))
     }
 
     /// Row `row` of U·diag(S) as splats, for the kernels of a rank known at compile time.
@@ -87,7 +87,7 @@ impl MomentTerms {
 pub fn rebuild_fixed<S: Lanes, const RANK: usize>(us: &[S::V; RANK], v: &[F8]) -> S::V {
     let mut out = S::zero();
     for l in 0..RANK {
-        out = S::add(out, S::mul(us[l], S::load(&v[l])));
+        out = S::mul_add(us[l], S::load(&v[l]), out);
     }
     out
 }
@@ -95,15 +95,15 @@ pub fn rebuild_fixed<S: Lanes, const RANK: usize>(us: &[S::V; RANK], v: &[F8]) -
 /// AdamW on eight weights from the new moments M_t, V_t.
 #[inline(always)]
 pub fn update_adamw<S: Lanes>(s: &StepScalars, w: S::V, m: S::V, v: S::V) -> S::V {
-    let denom = S::add(S::mul(S::sqrt(v), S::splat(s.inv_bias_correction2_sqrt)), S::splat(s.eps));
-    S::sub(S::mul(w, S::splat(s.decay)), S::mul(S::splat(s.step_size), S::div(m, denom)))
+    let denom = S::mul_add(S::sqrt(v), S::splat(s.inv_bias_correction2_sqrt), S::splat(s.eps));
+    S::mul_add(S::splat(-s.step_size), S::div(m, denom), S::mul(w, S::splat(s.decay)))
 }
 
 /// Lion on eight weights from the old moment M̃ and the gradient.
 #[inline(always)]
 pub fn update_lion<S: Lanes>(s: &StepScalars, w: S::V, m: S::V, g: S::V) -> S::V {
-    let c = S::add(S::mul(S::splat(s.beta1), m), S::mul(S::splat(s.one_minus_beta1), g));
-    S::sub(S::mul(w, S::splat(s.decay)), S::mul(S::splat(s.lr), S::sign(c)))
+    let c = S::mul_add(S::splat(s.beta1), m, S::mul(S::splat(s.one_minus_beta1), g));
+    S::mul_add(S::splat(-s.lr), S::sign(c), S::mul(w, S::splat(s.decay)))
 }
 
 /// Sketch accumulators of one row of AdamW's second moment (the only one sketched from a rebuild:
@@ -124,7 +124,7 @@ pub fn sketch_chunk<S: Lanes, const K: usize>(
         let (_, a) = terms.step::<S, true>(rank, row, group, S::load(g8));
         let x = &xg[group * K..(group + 1) * K];
         for l in 0..K {
-            acc[l] = S::add(acc[l], S::mul(a, S::load(&x[l])));
+            acc[l] = S::mul_add(a, S::load(&x[l]), acc[l]);
         }
     }
 }
@@ -149,9 +149,9 @@ pub fn sketch_chunk_fixed<S: Lanes, const K: usize, const RANK: usize>(
     for ((g8, v), x) in g.iter().zip(vs).zip(xs) {
         let old = S::fill_negative(rebuild_fixed::<S, RANK>(&us, v), fill);
         let gv = S::load(g8);
-        let new = S::add(S::mul(beta, old), S::mul(weight, S::mul(gv, gv)));
+        let new = S::mul_add(beta, old, S::mul(weight, S::mul(gv, gv)));
         for l in 0..K {
-            acc[l] = S::add(acc[l], S::mul(new, S::load(&x[l])));
+            acc[l] = S::mul_add(new, S::load(&x[l]), acc[l]);
         }
     }
 }
@@ -164,7 +164,7 @@ pub fn sketch_chunk_grad<S: Lanes, const K: usize>(xg: &[F8], group0: usize, g: 
         let gv = S::load(g8);
         let x = &xg[group * K..(group + 1) * K];
         for l in 0..K {
-            acc[l] = S::add(acc[l], S::mul(gv, S::load(&x[l])));
+            acc[l] = S::mul_add(gv, S::load(&x[l]), acc[l]);
         }
     }
 }
@@ -176,7 +176,7 @@ pub fn sketch_chunk_grad_dyn<S: Lanes>(xg: &[F8], k: usize, group0: usize, g: &[
         let group = group0 + gi;
         let gv = S::load(g8);
         for (dst, xl) in acc.iter_mut().zip(&xg[group * k..(group + 1) * k]) {
-            S::store(S::add(S::load(dst), S::mul(gv, S::load(xl))), dst);
+            S::store(S::mul_add(gv, S::load(xl), S::load(dst)), dst);
         }
     }
 }
@@ -198,7 +198,7 @@ pub fn sketch_chunk_dyn<S: Lanes>(
         let (_, a) = terms.step::<S, true>(rank, row, group, S::load(g8));
         let x = &xg[group * k..(group + 1) * k];
         for (dst, xl) in acc.iter_mut().zip(x) {
-            S::store(S::add(S::load(dst), S::mul(a, S::load(xl))), dst);
+            S::store(S::mul_add(a, S::load(xl), S::load(dst)), dst);
         }
     }
 }
@@ -232,7 +232,7 @@ pub fn project_rows<S: Lanes, const R: usize, const ADAMW: bool, const RK: usize
             let dst = &mut bacc[(first + l) * bstride];
             let mut acc = S::load(dst);
             for (r, &new) in news.iter().enumerate() {
-                acc = S::add(acc, S::mul(S::splat(q[(row0 + r) * k + l]), new));
+                acc = S::mul_add(S::splat(q[(row0 + r) * k + l]), new, acc);
             }
             S::store(acc, dst);
         }
@@ -314,7 +314,7 @@ pub fn project_rows_fixed<S: Lanes, const R: usize, const ADAMW: bool, const RAN
             let dst = unsafe { &mut *bacc.add((first + l) * bstride + gi) };
             let mut acc = S::load(dst);
             for r in 0..R {
-                acc = S::add(acc, S::mul(S::splat(q[r][l]), news[r]));
+                acc = S::mul_add(S::splat(q[r][l]), news[r], acc);
             }
             S::store(acc, dst);
         }
@@ -415,7 +415,7 @@ pub fn as_groups_mut(data: &mut [f32]) -> &mut [F8] {
 #[cfg(target_arch = "x86_64")]
 pub fn has_avx2() -> bool {
     use once_cell::sync::Lazy;
-    static AVX2: Lazy<bool> = Lazy::new(|| std::is_x86_feature_detected!("avx2"));
+    static AVX2: Lazy<bool> = Lazy::new(|| std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"));
     *AVX2
 }
 
@@ -430,7 +430,7 @@ macro_rules! multiversion {
             fn body<$s: $crate::cpu::lanes::Lanes>($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
-                #[target_feature(enable = "avx2")]
+                #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { body::<$crate::cpu::lanes::Avx>($($arg),*) }
                 if $crate::cpu::lanes::Avx::if_available().is_some() {
                     // SAFETY: the CPU supports AVX2 (checked at run time).
