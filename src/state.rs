@@ -432,11 +432,20 @@ impl State {
             Layout::Dense => {
                 let (start, len) = (plan.shard.begin, plan.shard.len());
                 // SAFETY: param/grad hold the shard's elements (contract of this function).
-                cpu::run(move || unsafe { cpu::dense_step(&scalars, &io, start, len, moments) });
+                unsafe { cpu::dense_step(&scalars, &io, start, len, moments) };
             }
             Layout::Factored => {
-                let mut passes = cpu::CpuFactored::new(plan, scalars, io, seed, moments, collective)?;
-                step::run_factored(&mut passes, power_iters)?;
+                let whole_step = move || -> Result<()> {
+                    let mut passes = cpu::CpuFactored::new(plan, scalars, io, seed, moments, collective)?;
+                    step::run_factored(&mut passes, power_iters)
+                };
+                if collective.is_some() {
+                    // The caller's all-reduce runs on the calling thread, between the passes.
+                    whole_step()?;
+                } else {
+                    // One hand-over to the pool for the whole step, not one per pass.
+                    cpu::run_sized(plan.rows * plan.cols, whole_step)?;
+                }
             }
         }
         self.step = t;

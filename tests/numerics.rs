@@ -223,7 +223,8 @@ fn degenerate_inputs_give_finite_documented_results() {
 fn results_do_not_depend_on_the_thread_count() {
     for (algorithm, layout) in [(Algorithm::AdamW, LayoutRequest::Factored), (Algorithm::Lion, LayoutRequest::Factored), (Algorithm::AdamW, LayoutRequest::Dense)] {
         let config = Config { layout, power_iters: 1, oversampling: 2, ..Config::defaults(algorithm) };
-        let (m, n) = (70, 600);
+        // Above the size that the library steps on the calling thread (64 Ki elements).
+        let (m, n) = (131, 600);
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             pool.install(|| {

@@ -1,7 +1,5 @@
 //! The DENSE layout: plain AdamW / Lion with full f32 moments, elementwise over fixed blocks.
 
-use rayon::prelude::*;
-
 use crate::config::Algorithm;
 use crate::dtype;
 use crate::step::{StepIo, StepScalars};
@@ -94,15 +92,12 @@ pub unsafe fn dense_step(scalars: &StepScalars, io: &StepIo, start: usize, len: 
     let grad = SharedPtr(io.grad as *mut u8);
     debug_assert!(moments.iter().all(|m| m.len() == len));
     debug_assert_eq!(moments.len() == 2, scalars.algorithm == Algorithm::AdamW);
-    if moments.len() == 2 {
-        let v = moments.pop().unwrap();
-        let m = moments.pop().unwrap();
-        m.par_chunks_mut(BLOCK)
-            .zip(v.par_chunks_mut(BLOCK))
-            .enumerate()
-            .for_each(|(b, (m, v))| dense_block(scalars, param, grad, io, start, b, m, Some(v)));
-    } else {
-        let m = moments.pop().unwrap();
-        m.par_chunks_mut(BLOCK).enumerate().for_each(|(b, m)| dense_block(scalars, param, grad, io, start, b, m, None));
-    }
+    // The moments' blocks, numbered: each is stepped alone, so any order gives the same bits.
+    let v = if moments.len() == 2 { moments.pop() } else { None };
+    let m = moments.pop().expect("one moment at least");
+    let mut blocks: Vec<(usize, &mut [f32], Option<&mut [f32]>)> = match v {
+        Some(v) => m.chunks_mut(BLOCK).zip(v.chunks_mut(BLOCK)).enumerate().map(|(b, (m, v))| (b, m, Some(v))).collect(),
+        None => m.chunks_mut(BLOCK).enumerate().map(|(b, m)| (b, m, None)).collect(),
+    };
+    super::for_each_mut(&mut blocks, len, |(b, m, v)| dense_block(scalars, param, grad, io, start, *b, m, v.as_deref_mut()));
 }

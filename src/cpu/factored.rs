@@ -5,8 +5,6 @@
 //! group before the next step of the RSVD uses it. Parallel work runs on the library's pool;
 //! the caller's all-reduce runs on the calling thread.
 
-use rayon::prelude::*;
-
 use crate::config::{Algorithm, Dtype, Plan};
 use crate::dtype;
 use crate::error::{try_filled, try_zeroed, Result};
@@ -158,14 +156,9 @@ impl FactoredPasses for CpuFactored<'_> {
         let moments = self.terms.len();
         let xgs: Vec<&[F8]> = self.work.iter().map(|w| w.xg.as_slice()).collect();
         let body = self.rows.body.clone();
-        let blocks: Vec<Vec<f32>> = super::run(|| {
-            (0..body.len().div_ceil(ROW_BLOCK))
-                .into_par_iter()
-                .map(|b| {
-                    let start = body.start + b * ROW_BLOCK;
-                    sketch_rows(&source, &xgs, &vtx, start..(start + ROW_BLOCK).min(body.end))
-                })
-                .collect()
+        let blocks: Vec<Vec<f32>> = super::map_indices(body.len().div_ceil(ROW_BLOCK), body.len() * n, |b| {
+            let start = body.start + b * ROW_BLOCK;
+            sketch_rows(&source, &xgs, &vtx, start..(start + ROW_BLOCK).min(body.end))
         });
         let mut partial: Vec<(usize, Vec<f32>)> = Vec::new();
         for seg in self.rows.segments() {
@@ -198,7 +191,7 @@ impl FactoredPasses for CpuFactored<'_> {
     fn orthonormalize_sketch(&mut self) -> Result<()> {
         let (m, k) = (self.plan.rows, self.plan.sketch);
         let work = &mut self.work;
-        super::run(|| work.par_iter_mut().for_each(|w| linalg::orthonormalize_columns(&mut w.y, m, k)));
+        super::for_each_mut(work, m * k * k, |w| linalg::orthonormalize_columns(&mut w.y, m, k));
         Ok(())
     }
 
@@ -207,17 +200,19 @@ impl FactoredPasses for CpuFactored<'_> {
         let source = self.source();
         let qs: Vec<&[f32]> = self.work.iter().map(|w| w.y.as_slice()).collect();
         let update = update_weights.then_some((SharedPtr(self.io.param), self.io.param_dtype, self.scalars));
-        // Each column's sums run over the rows in order, so the tile width (chosen for the
-        // pool's size: long contiguous row segments, enough tiles for every thread) never
-        // changes the result.
+        // Each column's sums run over a span's rows in order and the spans' sums are added in
+        // order, so the tile width (chosen for the pool's size: long contiguous row segments,
+        // enough tiles for every thread) never changes the result; the spans depend on the
+        // shape alone.
         let body = self.rows.body.clone();
-        let (width, tiles) = super::run(|| {
-            let width = tile_width(n, rayon::current_num_threads());
-            let tiles: Vec<Vec<F8>> = (0..n.div_ceil(width))
-                .into_par_iter()
-                .map(|t| project_tile(&source, &qs, t * width, width.min(n - t * width), body.clone(), update))
-                .collect();
-            (width, tiles)
+        let width = tile_width(n, super::threads());
+        let spans = row_spans(body.len(), n);
+        let span_rows = body.len().div_ceil(spans).next_multiple_of(PROJECT_ROWS);
+        let pieces: Vec<Vec<F8>> = super::map_indices(n.div_ceil(width) * spans, body.len() * n, |piece| {
+            let (t, span) = (piece / spans, piece % spans);
+            let first = (body.start + span * span_rows).min(body.end);
+            let rows = first..(first + span_rows).min(body.end);
+            project_tile(&source, &qs, t * width, width.min(n - t * width), rows, update)
         });
         // The partial rows of a flat shard, added after the whole rows.
         let mut partial: Vec<Vec<f32>> = Vec::new();
@@ -228,7 +223,8 @@ impl FactoredPasses for CpuFactored<'_> {
                 segment::project(&source, &qs, seg, &mut bts, update);
             }
         }
-        for (t, acc) in tiles.iter().enumerate() {
+        for (piece, acc) in pieces.iter().enumerate() {
+            let (t, span) = (piece / spans, piece % spans);
             let col0 = t * width;
             let len = width.min(n - col0);
             let tile_groups = tile::groups(len);
@@ -236,7 +232,9 @@ impl FactoredPasses for CpuFactored<'_> {
                 for l in 0..k {
                     let src = &acc[(mo * k + l) * tile_groups..(mo * k + l + 1) * tile_groups];
                     for j in 0..len {
-                        w.bt[(col0 + j) * k + l] = src[j / LANES][j % LANES];
+                        let dst = &mut w.bt[(col0 + j) * k + l];
+                        let x = src[j / LANES][j % LANES];
+                        *dst = if span == 0 { x } else { *dst + x };
                     }
                 }
             }
@@ -252,18 +250,14 @@ impl FactoredPasses for CpuFactored<'_> {
     fn orthonormalize_projection(&mut self) -> Result<()> {
         let (n, k) = (self.plan.cols, self.plan.sketch);
         let work = &mut self.work;
-        super::run(|| work.par_iter_mut().for_each(|w| linalg::orthonormalize_columns(&mut w.bt, n, k)));
+        super::for_each_mut(work, n * k * k, |w| linalg::orthonormalize_columns(&mut w.bt, n, k));
         Ok(())
     }
 
     fn compress(&mut self) -> Result<()> {
         let (m, n, k, r) = (self.plan.rows, self.plan.cols, self.plan.sketch, self.plan.rank);
         let work = &mut self.work;
-        super::run(|| {
-            work.par_iter_mut().for_each(|w| {
-                linalg::truncated_svd(&w.y, &w.bt, m, n, k, r, w.u, w.s, w.v);
-            })
-        });
+        super::for_each_mut(work, (m + n) * k * k, |w| linalg::truncated_svd(&w.y, &w.bt, m, n, k, r, w.u, w.s, w.v));
         Ok(())
     }
 }
@@ -413,6 +407,13 @@ fn sketch_rows_dyn<S: Lanes>(source: &Source, xgs: &[&[F8]], vtx: &[f32], rows: 
 fn tile_width(cols: usize, threads: usize) -> usize {
     let per_thread = cols.div_ceil(2 * threads.max(1));
     (per_thread.div_ceil(CHUNK) * CHUNK).clamp(CHUNK, 8 * CHUNK)
+}
+
+/// Row spans of the projection pass, from the shape alone: a narrow matrix has too few column
+/// tiles to keep every thread busy, so its rows are split as well (256 columns: 8 spans, 2048
+/// and more: 1), at least 64 rows each.
+fn row_spans(rows: usize, cols: usize) -> usize {
+    (8 * CHUNK).div_ceil(cols.max(1)).min(rows / 64).max(1)
 }
 
 /// Rows the projection pass handles together.
@@ -580,14 +581,9 @@ fn negative_fill(terms: &MomentTerms, r: usize, groups: usize, rows: &ShardRows,
         return Ok(0.0);
     }
     let body = rows.body.clone();
-    let partial: Vec<(f64, u64)> = super::run(|| {
-        (0..body.len().div_ceil(ROW_BLOCK))
-            .into_par_iter()
-            .map(|b| {
-                let start = body.start + b * ROW_BLOCK;
-                negatives_rows(terms, r, groups, start..(start + ROW_BLOCK).min(body.end))
-            })
-            .collect()
+    let partial: Vec<(f64, u64)> = super::map_indices(body.len().div_ceil(ROW_BLOCK), body.len() * groups * LANES, |b| {
+        let start = body.start + b * ROW_BLOCK;
+        negatives_rows(terms, r, groups, start..(start + ROW_BLOCK).min(body.end))
     });
     let (mut sum, mut count) = partial.iter().fold((0f64, 0u64), |(s, c), &(ps, pc)| (s + ps, c + pc));
     for seg in rows.segments() {

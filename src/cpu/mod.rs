@@ -39,6 +39,54 @@ pub fn run<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     }
 }
 
+/// Threads that `run` gives a parallel loop.
+pub fn threads() -> usize {
+    if rayon::current_thread_index().is_some() {
+        return rayon::current_num_threads();
+    }
+    POOL.as_ref().map_or(1, |pool| pool.current_num_threads())
+}
+
+/// Elements of work below which a pass runs on the calling thread: handing a pass to the pool
+/// and waiting for it costs about 10 µs of wake-ups, more than the pass saves (a model's
+/// biases and norms would pay it hundreds of times a step).
+const INLINE_WORK: usize = 1 << 16;
+
+/// Whether a pass of `pieces` over about `work` elements goes to the pool.
+fn on_pool(pieces: usize, work: usize) -> bool {
+    pieces > 1 && work >= INLINE_WORK && threads() > 1
+}
+
+/// `f()` on the pool when `work` (elements) pays for the hand-over, else on the calling thread.
+pub fn run_sized<R: Send>(work: usize, f: impl FnOnce() -> R + Send) -> R {
+    if on_pool(2, work) {
+        run(f)
+    } else {
+        f()
+    }
+}
+
+/// `(0..count).map(f).collect()`, in parallel when `work` (elements) pays for it. The pieces
+/// are the same either way, so is the result.
+pub fn map_indices<R: Send>(count: usize, work: usize, f: impl Fn(usize) -> R + Sync + Send) -> Vec<R> {
+    use rayon::prelude::*;
+    if on_pool(count, work) {
+        run(|| (0..count).into_par_iter().map(f).collect())
+    } else {
+        (0..count).map(f).collect()
+    }
+}
+
+/// `items.iter_mut().for_each(f)`, in parallel when `work` (elements) pays for it.
+pub fn for_each_mut<T: Send>(items: &mut [T], work: usize, f: impl Fn(&mut T) + Sync + Send) {
+    use rayon::prelude::*;
+    if on_pool(items.len(), work) {
+        run(|| items.par_iter_mut().for_each(f))
+    } else {
+        items.iter_mut().for_each(f)
+    }
+}
+
 /// A raw pointer that may be shared across the pool's threads; each task touches a disjoint
 /// range of it.
 #[derive(Clone, Copy)]

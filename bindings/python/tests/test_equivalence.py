@@ -2,13 +2,15 @@
 
 (a) layout="dense"; (b) layout="factored" with rank >= min(rows, cols); (c) rank-1 gradient
 streams g_t = a_t bᵀ (fixed b) with rank 1..4, where the randomized SVD is exact.
-f32: |p - p_ref| <= rtol·max|p_ref - p_0| + a few f32 ulps of |p|.
+f32: |p - p_ref| <= rtol·max|p_ref - p_0| + a few f32 ulps of |p|, plus, for Lion, 2·lr for
+every step where the element's sign(c) was a tie (|c| within rounding of 0, see RefLion.TIE).
 bf16: the reference is AdamW/Lion with f32 moments on an f32 copy rounded to bf16 after every
 step; results agree within bf16 rounding (at most one ulp on almost all elements).
 Weight decay is on and a LambdaLR/CosineAnnealingLR schedule changes lr every step.
 """
 
 import math
+import zlib
 
 import pytest
 import torch
@@ -82,19 +84,23 @@ def test_f32_matches_reference(alg, name, layout, rank, shape, stream, rtol):
     lr = 1e-2 if alg == "adamw" else 3e-3
     opt, ref = _make(alg, [a], [b], rank, layout, lr, wd=0.1)
     scheds = _schedulers("cosine" if rank % 2 == 0 else "lambda", opt, ref)
-    grads = _grad_stream(stream, shape, seed=hash(name) % 1000)
+    grads = _grad_stream(stream, shape, seed=zlib.crc32(name.encode()) % 1000)
     atol = 8 * F32_EPS * p0.abs().max().item()
+    tie_allowance = torch.zeros(shape)
     for t in range(STEPS):
         g = next(grads)
         a.grad = g.clone()
         b.grad = g.clone()
+        lr_t = ref.param_groups[0]["lr"]
         opt.step()
         ref.step()
+        if alg == "lion":
+            tie_allowance += 2 * lr_t * ref.ties[b].float()
         for s in scheds:
             s.step()
         scale = (b.detach() - p0).abs().max().item()
-        err = (a.detach() - b.detach()).abs().max().item()
-        assert err <= rtol * scale + atol, f"step {t + 1}: err {err:.3e}, change {scale:.3e}"
+        excess = ((a.detach() - b.detach()).abs() - tie_allowance).max().item()
+        assert excess <= rtol * scale + atol, f"step {t + 1}: err {excess:.3e} beyond ties, change {scale:.3e}"
     assert opt.state[a]["step"].item() == STEPS
     assert opt.param_groups[0]["lr"] == ref.param_groups[0]["lr"]
 
