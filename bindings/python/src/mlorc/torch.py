@@ -105,7 +105,7 @@ def _check_param(p: Tensor, cls: str) -> None:
 class _Handle:
     """A live MlorcState over the tensors of ``self.state[p]`` (not part of state_dict)."""
 
-    __slots__ = ("ptr", "key", "ptrs", "tensors", "config_key", "structure", "count", "infos", "comm")
+    __slots__ = ("ptr", "key", "ptrs", "tensors", "config_key", "structure", "count", "infos", "comm", "signature")
 
     def __init__(
         self, ptr: int, key: tuple, ptrs: tuple, tensors: list, config_key: tuple, structure: tuple
@@ -118,6 +118,16 @@ class _Handle:
         self.config_key = config_key
         self.count = 0  # the library's step count, as last set or read
         self.comm: Optional[TorchAllReduce] = None  # a sharded state's callback: must outlive it
+        # What the handle was last checked against (group hyperparameters, parameter, gradient
+        # and shard); while it and the state's tensors are unchanged, a step skips the checks.
+        self.signature: Optional[tuple] = None
+
+    def holds(self, state: Dict[str, Any]) -> bool:
+        """Whether ``state`` still has the very tensors (and memory) this handle steps."""
+        for (name, _, _), t, ptr in zip(self.infos, self.tensors, self.ptrs):
+            if state.get(name) is not t or (t.numel() and t.data_ptr() != ptr):
+                return False
+        return True
 
 
 def _destroy_handles(handles: Dict[int, _Handle]) -> None:
@@ -217,6 +227,15 @@ class _MLorcBase(Optimizer):
             c.seed = int(group["seed"])
         return c
 
+    def _group_signature(self, group: Dict[str, Any]) -> tuple:
+        """The group's values that `_config` reads, as plain numbers (cheap to compare)."""
+        b1, b2 = group["betas"]
+        sig = (group["layout"], group["rank"], group["oversampling"], group["power_iters"], float(b1), float(b2),
+               float(group["weight_decay"]), bool(group["stochastic_rounding"]), group["seed"])
+        if self._uses_eps:
+            sig += (float(group["eps"]), bool(group["bias_correction"]))
+        return sig
+
     @staticmethod
     def _config_key(c: _capi.MlorcConfig) -> tuple:
         return tuple(getattr(c, f) for f, _ in c._fields_)
@@ -276,8 +295,13 @@ class _MLorcBase(Optimizer):
     def _handle_for(self, p: Tensor, group: Dict[str, Any], grad: Tensor, view: ParamView) -> _Handle:
         """The live handle of p, (re)created over the current state tensors when needed."""
         state = self.state[p]
-        config = self._config(group)
         h = self._mlorc_handles.get(id(p))
+        signature = (self._group_signature(group), p.shape, p.dtype, p.device, grad.dtype, view.begin, view.end,
+                     id(view.group) if view.sharded else None)
+        if h is not None and h.signature == signature and h.holds(state):
+            self._sync_step_count(h, state)
+            return h
+        config = self._config(group)
         if h is not None and h.structure != (config.layout, config.rank, config.oversampling):
             raise ValueError(
                 f"{type(self).__name__}: rank, oversampling and layout of a parameter cannot "
@@ -335,12 +359,18 @@ class _MLorcBase(Optimizer):
             if fresh is not None:
                 state["step"] = fresh_step
                 state.update(fresh)
+        h.signature = signature
+        self._sync_step_count(h, state)
+        return h
+
+    @staticmethod
+    def _sync_step_count(h: _Handle, state: Dict[str, Any]) -> None:
+        """Gives the library the step count of ``state["step"]`` when someone changed it."""
         step_t = state.get("step")
         count = int(step_t.item()) if isinstance(step_t, Tensor) else int(step_t or 0)
         if count != h.count:
             _capi.state_set_step_count(h.ptr, count)
             h.count = count
-        return h
 
     # -- stepping ---------------------------------------------------------------------------------
 
@@ -353,7 +383,7 @@ class _MLorcBase(Optimizer):
         group: Dict[str, Any],
         scale: Optional[Tensor],
         found_inf: Optional[Tensor],
-        cache: Dict[Any, Tensor],
+        cache: Dict[Any, Any],
     ) -> None:
         if p.grad is None:
             return
@@ -386,25 +416,30 @@ class _MLorcBase(Optimizer):
                 cache[k] = t.detach().to(device=p.device, dtype=torch.float32).reshape(())
             return cache[k]
 
-        lr = group["lr"]
-        if isinstance(lr, Tensor):
-            options = _capi.step_options_init(0.0)
-            lr_t = on_device(lr, "lr")
-        else:
-            options = _capi.step_options_init(float(lr))
-            lr_t = None
-        scale_t = on_device(scale, "scale") if scale is not None else None
-        inf_t = on_device(found_inf, "found_inf") if found_inf is not None else None
-        stream = None
-        if p.device.type == "cuda":
-            stream = torch.cuda.current_stream(p.device).cuda_stream
-        _capi.set_step_option_pointers(
-            options,
-            lr_ptr=lr_t.data_ptr() if lr_t is not None else None,
-            grad_scale=scale_t.data_ptr() if scale_t is not None else None,
-            found_inf=inf_t.data_ptr() if inf_t is not None else None,
-            stream=stream,
-        )
+        # The options are the same for every parameter of a group on one device.
+        options_key = ("options", id(group), p.device)
+        options = cache.get(options_key)
+        if options is None:
+            lr = group["lr"]
+            if isinstance(lr, Tensor):
+                options = _capi.step_options_init(0.0)
+                lr_t = on_device(lr, "lr")
+            else:
+                options = _capi.step_options_init(float(lr))
+                lr_t = None
+            scale_t = on_device(scale, "scale") if scale is not None else None
+            inf_t = on_device(found_inf, "found_inf") if found_inf is not None else None
+            stream = None
+            if p.device.type == "cuda":
+                stream = torch.cuda.current_stream(p.device).cuda_stream
+            _capi.set_step_option_pointers(
+                options,
+                lr_ptr=lr_t.data_ptr() if lr_t is not None else None,
+                grad_scale=scale_t.data_ptr() if scale_t is not None else None,
+                found_inf=inf_t.data_ptr() if inf_t is not None else None,
+                stream=stream,
+            )
+            cache[options_key] = options
         # An empty shard has no memory (data_ptr 0: NULL, which the library accepts for it) but
         # still takes part in every all-reduce of the step.
         try:
@@ -444,7 +479,7 @@ class _MLorcBase(Optimizer):
         for group in self.param_groups:
             self._validate_group(group)
         scale, found_inf = self._scaler_tensors()
-        cache: Dict[Any, Tensor] = {}
+        cache: Dict[Any, Any] = {}
         for group in self.param_groups:
             for p in group["params"]:
                 self._step_param(p, group, scale, found_inf, cache)
