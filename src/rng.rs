@@ -72,13 +72,33 @@ pub fn key(seed: u64) -> [u32; 2] {
     [seed as u32, (seed >> 32) as u32]
 }
 
+/// sin and cos of x. glibc computes both in one call (`f64::sin_cos` makes two); either is
+/// accurate to within an ulp of f64, far below the f32 that Ω is rounded to.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[inline]
+fn sin_cos(x: f64) -> (f64, f64) {
+    extern "C" {
+        fn sincos(x: f64, sin: *mut f64, cos: *mut f64);
+    }
+    let (mut s, mut c) = (0.0, 0.0);
+    // SAFETY: glibc's libm (linked by std on this target) writes the two f64 it is given.
+    unsafe { sincos(x, &mut s, &mut c) };
+    (s, c)
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+#[inline]
+fn sin_cos(x: f64) -> (f64, f64) {
+    x.sin_cos()
+}
+
 /// Box–Muller on two 32-bit words: two independent N(0, 1) values.
 #[inline]
 fn box_muller(a: u32, b: u32) -> (f64, f64) {
     let u1 = (a as f64 + 1.0) * (1.0 / 4294967296.0); // (0, 1]: ln never sees 0
     let u2 = b as f64 * (1.0 / 4294967296.0);
     let radius = (-2.0 * u1.ln()).sqrt();
-    let (s, c) = (std::f64::consts::TAU * u2).sin_cos();
+    let (s, c) = sin_cos(std::f64::consts::TAU * u2);
     (radius * c, radius * s)
 }
 
@@ -94,17 +114,23 @@ pub fn fill_omega_transposed(
     stride: usize,
     out: &mut [f32],
 ) {
-    let key = key(seed);
     for l in 0..k {
-        let row = &mut out[l * stride..l * stride + n];
-        for (block, chunk) in row.chunks_mut(4).enumerate() {
-            let index = ((l as u64) << 32) | block as u64;
-            let [a, b, c, d] = philox4x32_10(counter(index, step, stream), key);
-            let (z0, z1) = box_muller(a, b);
-            let (z2, z3) = box_muller(c, d);
-            for (dst, z) in chunk.iter_mut().zip([z0, z1, z2, z3]) {
-                *dst = z as f32;
-            }
+        fill_omega_columns(seed, step, stream, l, 0, &mut out[l * stride..l * stride + n]);
+    }
+}
+
+/// Elements (first .. first + out.len(), l) of Ω into `out`, `first` a multiple of 4: the
+/// values `fill_omega_transposed` puts there (so pieces of Ω can be drawn in parallel).
+pub fn fill_omega_columns(seed: u64, step: u64, stream: Stream, l: usize, first: usize, out: &mut [f32]) {
+    debug_assert!(first % 4 == 0);
+    let key = key(seed);
+    for (i, chunk) in out.chunks_mut(4).enumerate() {
+        let index = ((l as u64) << 32) | (first / 4 + i) as u64;
+        let [a, b, c, d] = philox4x32_10(counter(index, step, stream), key);
+        let (z0, z1) = box_muller(a, b);
+        let (z2, z3) = box_muller(c, d);
+        for (dst, z) in chunk.iter_mut().zip([z0, z1, z2, z3]) {
+            *dst = z as f32;
         }
     }
 }
@@ -125,6 +151,29 @@ pub fn omega(seed: u64, step: u64, moment: usize, n: usize, k: usize) -> Vec<f64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_call_sin_cos_equals_sin_and_cos() {
+        for i in 0..200_000u32 {
+            let x = std::f64::consts::TAU * (philox4x32_10([i, 0, 0, 0], [9, 9])[0] as f64 / 4294967296.0);
+            let (s, c) = sin_cos(x);
+            assert_eq!((s.to_bits(), c.to_bits()), (x.sin().to_bits(), x.cos().to_bits()), "x = {x}");
+        }
+    }
+
+    #[test]
+    fn omega_pieces_equal_the_whole() {
+        let (n, k) = (37, 3);
+        let mut whole = vec![0f32; n * k];
+        fill_omega_transposed(5, 11, Stream::SketchMoment1, n, k, n, &mut whole);
+        for l in 0..k {
+            for first in (0..n).step_by(8) {
+                let mut piece = vec![0f32; 8.min(n - first)];
+                fill_omega_columns(5, 11, Stream::SketchMoment1, l, first, &mut piece);
+                assert_eq!(piece, whole[l * n + first..l * n + first + piece.len()]);
+            }
+        }
+    }
 
     #[test]
     fn philox_known_answers() {

@@ -19,6 +19,8 @@ use super::{segment, SharedPtr};
 
 /// Rows per task of the row-parallel passes.
 const ROW_BLOCK: usize = 8;
+/// Columns of Ω per task (a multiple of 4, Philox's block).
+const OMEGA_PIECE: usize = 512;
 
 /// The stored factors of one moment and the per-step workspace, all O((m + n)·k).
 struct MomentWork<'a> {
@@ -128,15 +130,30 @@ impl<'a> CpuFactored<'a> {
 impl FactoredPasses for CpuFactored<'_> {
     fn sketch(&mut self, input: SketchInput) -> Result<()> {
         let (n, k) = (self.plan.cols, self.plan.sketch);
-        let mut omega = Vec::new();
+        // Ω in pieces of OMEGA_PIECE columns of one column l of one moment, drawn in parallel
+        // (a normal costs about as much as 20 elements of a pass).
+        let pieces_per_column = n.div_ceil(OMEGA_PIECE);
+        let omega: Vec<Vec<f32>> = match input {
+            SketchInput::Random => {
+                let (seed, step) = (self.seed, self.scalars.step);
+                super::map_indices(self.work.len() * k * pieces_per_column, self.work.len() * k * n * 20, |piece| {
+                    let (moment, l, first) = (piece / (k * pieces_per_column), piece / pieces_per_column % k, piece % pieces_per_column * OMEGA_PIECE);
+                    let mut out = vec![0f32; OMEGA_PIECE.min(n - first)];
+                    rng::fill_omega_columns(seed, step, Stream::sketch(moment), l, first, &mut out);
+                    out
+                })
+            }
+            SketchInput::Projection => Vec::new(),
+        };
         for (moment, w) in self.work.iter_mut().enumerate() {
             match input {
                 SketchInput::Random => {
-                    omega.resize(k * n, 0.0);
-                    rng::fill_omega_transposed(self.seed, self.scalars.step, Stream::sketch(moment), n, k, n, &mut omega);
                     for l in 0..k {
-                        for j in 0..n {
-                            *tile::group_major(&mut w.xg, k, j, l) = omega[l * n + j];
+                        for p in 0..pieces_per_column {
+                            let piece = &omega[(moment * k + l) * pieces_per_column + p];
+                            for (i, &x) in piece.iter().enumerate() {
+                                *tile::group_major(&mut w.xg, k, p * OMEGA_PIECE + i, l) = x;
+                            }
                         }
                     }
                 }
