@@ -121,6 +121,7 @@ bench:
 # Evidence against the alternatives (PyTorch, CPU): step time and memory, fine-tuning quality.
 bench-speed: build
 	$(PYTHON) benches/python/bench_speed.py
+	$(PYTHON) benches/python/bench_model_step.py
 
 bench-quality: build
 	$(PYTHON) benches/python/bench_quality.py $(if $(QUICK),--quick)
