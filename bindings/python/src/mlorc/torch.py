@@ -339,6 +339,7 @@ class _MLorcBase(Optimizer):
             tensors.append(self._placeholder(p.device))  # the handle keeps it alive too
         ckey = self._config_key(config)
         if h is not None and h.ptrs == ptrs and h.key == key:
+            h.tensors = tensors  # the same memory, perhaps through new tensor objects
             if h.config_key != ckey:
                 _capi.state_set_config(h.ptr, config)
                 h.config_key = ckey
