@@ -211,30 +211,33 @@ class _MLorcBase(Optimizer):
 
     # -- library objects --------------------------------------------------------------------------
 
-    def _config(self, group: Dict[str, Any]) -> _capi.MlorcConfig:
-        c = _capi.config_init(self._algorithm)
-        c.layout = _LAYOUTS[group["layout"]]
-        c.rank = group["rank"]
-        c.oversampling = group["oversampling"]
-        c.power_iters = group["power_iters"]
-        c.beta1, c.beta2 = (float(b) for b in group["betas"])
-        c.weight_decay = float(group["weight_decay"])
-        if self._uses_eps:
-            c.eps = float(group["eps"])
-            c.bias_correction = int(bool(group["bias_correction"]))
-        c.stochastic_rounding = int(bool(group["stochastic_rounding"]))
-        if group["seed"] is not None:
-            c.seed = int(group["seed"])
-        return c
-
     def _group_signature(self, group: Dict[str, Any]) -> tuple:
-        """The group's values that `_config` reads, as plain numbers (cheap to compare)."""
+        """The group's values that configure a state, as plain numbers: cheap to compare
+        between steps, and what `_config` builds the library's config from."""
         b1, b2 = group["betas"]
         sig = (group["layout"], group["rank"], group["oversampling"], group["power_iters"], float(b1), float(b2),
                float(group["weight_decay"]), bool(group["stochastic_rounding"]), group["seed"])
         if self._uses_eps:
             sig += (float(group["eps"]), bool(group["bias_correction"]))
         return sig
+
+    def _config(self, group: Dict[str, Any]) -> _capi.MlorcConfig:
+        layout, rank, oversampling, power_iters, b1, b2, wd, rounding, seed, *adam = self._group_signature(group)
+        c = _capi.config_init(self._algorithm)
+        c.layout = _LAYOUTS[layout]
+        c.rank = rank
+        c.oversampling = oversampling
+        c.power_iters = power_iters
+        c.beta1, c.beta2 = b1, b2
+        c.weight_decay = wd
+        if adam:
+            eps, bias_correction = adam
+            c.eps = eps
+            c.bias_correction = int(bias_correction)
+        c.stochastic_rounding = int(rounding)
+        if seed is not None:
+            c.seed = int(seed)
+        return c
 
     @staticmethod
     def _config_key(c: _capi.MlorcConfig) -> tuple:
