@@ -363,6 +363,12 @@ fn sketch_rows_fixed<S: Lanes, const K: usize, const RANK_IS_K: bool>(
                 source.prefetch_grad::<S>(i, next, CHUNK.min(n - next));
             }
             let g = source.load_grad(i, col0, CHUNK.min(n - col0), &mut grad);
+            if RANK_IS_K && moments == 2 {
+                // AdamW: both moments in one loop (the same operations per accumulator).
+                let [a0, a1] = acc;
+                tile::sketch_chunk_both::<S, K, K>(&source.moments[1], xgs[0], xgs[1], i, col0 / LANES, g, a0, a1);
+                continue;
+            }
             for (mo, (terms, xg)) in source.moments.iter().zip(xgs).enumerate() {
                 // A local copy, so the accumulators live in registers for the chunk.
                 let mut a = acc[mo];

@@ -156,6 +156,40 @@ pub fn sketch_chunk_fixed<S: Lanes, const K: usize, const RANK: usize>(
     }
 }
 
+/// Both moments' sketch accumulators of one row over one chunk in one loop: `acc0` as
+/// `sketch_chunk_grad` (the first moment's gradient part), `acc1` as `sketch_chunk_fixed`.
+/// Each accumulator sees the same operations in the same order as in those two; one loop
+/// gives the out-of-order core both sets of independent chains at once.
+#[inline(always)]
+pub fn sketch_chunk_both<S: Lanes, const K: usize, const RANK: usize>(
+    terms: &MomentTerms,
+    x0: &[F8],
+    x1: &[F8],
+    row: usize,
+    group0: usize,
+    g: &[F8],
+    acc0: &mut [S::V; K],
+    acc1: &mut [S::V; K],
+) {
+    let us = terms.row_splats::<S, RANK>(row);
+    let (fill, beta, weight) = (S::splat(terms.fill), S::splat(terms.beta), S::splat(terms.weight));
+    let groups = g.len();
+    let vs = terms.vg[group0 * RANK..(group0 + groups) * RANK].chunks_exact(RANK);
+    let x0s = x0[group0 * K..(group0 + groups) * K].chunks_exact(K);
+    let x1s = x1[group0 * K..(group0 + groups) * K].chunks_exact(K);
+    for (((g8, v), xa), xb) in g.iter().zip(vs).zip(x0s).zip(x1s) {
+        let gv = S::load(g8);
+        for l in 0..K {
+            acc0[l] = S::mul_add(gv, S::load(&xa[l]), acc0[l]);
+        }
+        let old = S::fill_negative(rebuild_fixed::<S, RANK>(&us, v), fill);
+        let new = S::mul_add(beta, old, S::mul(weight, S::mul(gv, gv)));
+        for l in 0..K {
+            acc1[l] = S::mul_add(new, S::load(&xb[l]), acc1[l]);
+        }
+    }
+}
+
 /// The gradient part of the first moment's sketch: acc[l] += G[row, group]·X[group, l].
 #[inline(always)]
 pub fn sketch_chunk_grad<S: Lanes, const K: usize>(xg: &[F8], group0: usize, g: &[F8], acc: &mut [S::V; K]) {
