@@ -523,6 +523,25 @@ MlorcStatus mlorc_step(struct MlorcState *state,
                        const struct MlorcStepOptions *options);
 
 /**
+ * Steps `count` states at once, each as mlorc_step would with the same `options`:
+ * `states[i]` with `params[i]` and `grads[i]`. On the CPU the library spreads small tensors
+ * over its threads, one tensor per thread at a time (a model's many small matrices and
+ * vectors step faster than in a loop of mlorc_step calls); the results are bitwise those of
+ * mlorc_step. Each state may appear once; params must not overlap each other or any grad.
+ * Every check runs first: an invalid state, pointer or option anywhere returns an error that
+ * names the tensor, and nothing has changed. Past the checks only MLORC_ERROR_OUT_OF_MEMORY,
+ * a device error or MLORC_ERROR_COLLECTIVE can occur; then the states whose steps completed
+ * have stepped (read their step counts). CUDA states and sharded states with an all-reduce
+ * step in array order on the calling thread. The arrays are read during the call only;
+ * count 0 does nothing (the arrays may then be NULL).
+ */
+MlorcStatus mlorc_step_many(struct MlorcState *const *states,
+                            void *const *params,
+                            const void *const *grads,
+                            size_t count,
+                            const struct MlorcStepOptions *options);
+
+/**
  * The number of steps taken (found_inf steps excluded).
  */
 MlorcStatus mlorc_state_step_count(const struct MlorcState *state, uint64_t *count);

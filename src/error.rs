@@ -31,6 +31,21 @@ impl Error {
             | Error::Collective(m) => m,
         }
     }
+
+    /// The same error, its message prefixed with where it happened.
+    pub fn context(self, place: &str) -> Error {
+        let with = |m: String| format!("{place}: {m}");
+        match self {
+            Error::InvalidArgument(m) => Error::InvalidArgument(with(m)),
+            Error::Unsupported(m) => Error::Unsupported(with(m)),
+            Error::OutOfMemory(m) => Error::OutOfMemory(with(m)),
+            Error::CorruptCheckpoint(m) => Error::CorruptCheckpoint(with(m)),
+            Error::Device(m) => Error::Device(with(m)),
+            Error::DeviceUnavailable(m) => Error::DeviceUnavailable(with(m)),
+            Error::Internal(m) => Error::Internal(with(m)),
+            Error::Collective(m) => Error::Collective(with(m)),
+        }
+    }
 }
 
 impl fmt::Display for Error {

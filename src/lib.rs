@@ -3,6 +3,7 @@
 //! per moment, and still takes full-rank updates. See ALGORITHM.md for the math and README.md
 //! for the C API.
 
+pub mod batch;
 pub mod capi;
 pub mod checkpoint;
 pub mod config;

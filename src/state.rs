@@ -397,18 +397,58 @@ impl State {
     /// descriptor's dtypes in the state's memory space, not overlapping each other or the
     /// state's buffers; the optional scalar pointers must be NULL or point to one readable f32.
     pub unsafe fn step_raw(&mut self, request: &StepRequest) -> Result<()> {
-        let empty = self.plan.shard.is_empty();
-        if !empty && (request.param.is_null() || request.grad.is_null()) {
-            return invalid!("param and grad must not be NULL");
+        if self.cuda.is_some() {
+            self.check_pointers(request)?;
         }
         if let Some(cuda) = &mut self.cuda {
             // Enqueued on the caller's stream; found_inf, grad_scale, lr_ptr and the step count
             // are read and written on the device.
             return cuda.step(&self.config, request);
         }
-        // SAFETY (CPU): the scalar pointers are host memory per the contract above.
+        match self.prepare_cpu(request)? {
+            Some(step) => self.run_cpu(step),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether this step runs its passes one after another on the calling thread, between the
+    /// caller's all-reduces (a sharded state with a collective), or on a CUDA stream.
+    pub(crate) fn steps_in_order(&self) -> bool {
+        self.cuda.is_some() || self.collective.is_some()
+    }
+
+    /// Elements a step of this state sweeps (its shard's).
+    pub(crate) fn step_work(&self) -> usize {
+        self.plan.shard.len()
+    }
+
+    /// The checks of a step that need no device: NULL pointers, and on the CPU the learning
+    /// rate and gradient scale as `prepare_cpu` reads them.
+    ///
+    /// # Safety
+    /// As `step_raw`.
+    pub(crate) unsafe fn check_request(&self, request: &StepRequest) -> Result<()> {
+        if self.cuda.is_some() {
+            return self.check_pointers(request);
+        }
+        self.prepare_cpu(request).map(|_| ())
+    }
+
+    fn check_pointers(&self, request: &StepRequest) -> Result<()> {
+        if !self.plan.shard.is_empty() && (request.param.is_null() || request.grad.is_null()) {
+            return invalid!("param and grad must not be NULL");
+        }
+        Ok(())
+    }
+
+    /// Every check of a CPU step, before anything changes: `None` when found_inf skips it.
+    ///
+    /// # Safety
+    /// As `step_raw` (the scalar pointers are read here).
+    pub(crate) unsafe fn prepare_cpu(&self, request: &StepRequest) -> Result<Option<CpuStep>> {
+        self.check_pointers(request)?;
         if !request.found_inf.is_null() && *request.found_inf != 0.0 {
-            return Ok(());
+            return Ok(None);
         }
         let lr = match request.lr {
             LearningRate::Value(v) => v,
@@ -426,12 +466,19 @@ impl State {
             grad: request.grad.wrapping_sub(first * self.desc.grad_dtype.size()),
             grad_dtype: self.desc.grad_dtype,
         };
+        Ok(Some(CpuStep { scalars, io }))
+    }
+
+    /// Runs a prepared CPU step. Only running out of memory (or a failed all-reduce) fails here,
+    /// and then the state has not changed (the weights have, after a failed all-reduce).
+    pub(crate) fn run_cpu(&mut self, step: CpuStep) -> Result<()> {
+        let CpuStep { scalars, io } = step;
         let (plan, power_iters, seed, collective) = (self.plan, self.config.power_iters, self.config.seed, self.collective);
         let moments = self.buffers_mut();
         match plan.layout {
             Layout::Dense => {
                 let (start, len) = (plan.shard.begin, plan.shard.len());
-                // SAFETY: param/grad hold the shard's elements (contract of this function).
+                // SAFETY: param/grad hold the shard's elements (contract of `prepare_cpu`).
                 unsafe { cpu::dense_step(&scalars, &io, start, len, moments) };
             }
             Layout::Factored => {
@@ -448,7 +495,13 @@ impl State {
                 }
             }
         }
-        self.step = t;
+        self.step = scalars.step;
         Ok(())
     }
+}
+
+/// A CPU step that passed every check: its scalars and the caller's memory.
+pub(crate) struct CpuStep {
+    scalars: StepScalars,
+    io: StepIo,
 }

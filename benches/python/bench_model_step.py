@@ -41,16 +41,19 @@ def time_steps(opt, reps: int, warmup: int = 3):
     for _ in range(warmup):
         opt.step()
     in_library = [0.0]
-    original = _capi.step
+    originals = {name: getattr(_capi, name) for name in ("step", "step_many")}
 
-    def timed(*args):
-        t = time.perf_counter()
-        try:
-            return original(*args)
-        finally:
-            in_library[0] += time.perf_counter() - t
+    def timed(original):
+        def call(*args):
+            t = time.perf_counter()
+            try:
+                return original(*args)
+            finally:
+                in_library[0] += time.perf_counter() - t
+        return call
 
-    _capi.step = timed
+    for name, original in originals.items():
+        setattr(_capi, name, timed(original))
     try:
         times, lib = [], []
         for _ in range(reps):
@@ -60,7 +63,8 @@ def time_steps(opt, reps: int, warmup: int = 3):
             times.append(time.perf_counter() - t)
             lib.append(in_library[0])
     finally:
-        _capi.step = original
+        for name, original in originals.items():
+            setattr(_capi, name, original)
     return statistics.median(times), statistics.median(lib)
 
 

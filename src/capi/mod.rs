@@ -54,6 +54,29 @@ pub(crate) fn with_state<R>(handle: *const MlorcState, f: impl FnOnce(&mut State
     f(unsafe { &mut *handle.inner.get() })
 }
 
+/// Runs `f` with exclusive access to every state behind `handles`; a NULL handle, or one
+/// listed twice or in use by another call, is refused before `f` runs.
+pub(crate) fn with_states<R>(handles: &[*mut MlorcState], f: impl FnOnce(Vec<&mut State>) -> Result<R>) -> Result<R> {
+    let mut claims = Vec::with_capacity(handles.len());
+    for (i, &handle) in handles.iter().enumerate() {
+        if handle.is_null() {
+            return invalid!("states[{i}] is NULL");
+        }
+        // SAFETY: a non-NULL handle comes from mlorc_state_create and has not been destroyed.
+        let handle = unsafe { &*handle };
+        if handle.busy.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            let twice = handles[..i].iter().position(|&h| std::ptr::eq(h, handle));
+            return Err(Error::InvalidArgument(match twice {
+                Some(j) => format!("states[{i}] is states[{j}]: a state may appear once in a batch"),
+                None => format!("states[{i}] is in use by another call right now: one state must not be used from two threads at once"),
+            }));
+        }
+        claims.push(Claim(handle));
+    }
+    // SAFETY: the busy flags give this call the only access to each (distinct) state.
+    f(claims.iter().map(|c| unsafe { &mut *c.0.inner.get() }).collect())
+}
+
 /// Reads a caller struct whose first field is `struct_size`, checking it before reading the rest.
 pub(crate) fn read_struct<T: Copy>(p: *const T, what: &str) -> Result<T> {
     if p.is_null() {

@@ -3,6 +3,7 @@
 
 use std::ffi::{c_char, c_void, CStr};
 
+use crate::batch::{step_many, BatchItem};
 use crate::checkpoint;
 use crate::error::invalid;
 use crate::state::{LearningRate, State, StepRequest};
@@ -10,7 +11,7 @@ use crate::state::{LearningRate, State, StepRequest};
 use super::library::{layout_to_c, shard_of};
 use super::status::guard;
 use super::types::*;
-use super::{caller_slice, caller_slice_mut, read_struct, with_state, write_out, MlorcState};
+use super::{caller_slice, caller_slice_mut, read_struct, with_state, with_states, write_out, MlorcState};
 
 fn create(
     config: *const MlorcConfig,
@@ -121,6 +122,18 @@ pub extern "C" fn mlorc_state_destroy(state: *mut MlorcState) {
     }));
 }
 
+/// The step inputs of one tensor under `options`.
+fn request_of(options: &MlorcStepOptions, param: *mut c_void, grad: *const c_void) -> StepRequest {
+    StepRequest {
+        param: param as *mut u8,
+        grad: grad as *const u8,
+        lr: if options.lr_ptr.is_null() { LearningRate::Value(options.lr) } else { LearningRate::Pointer(options.lr_ptr) },
+        grad_scale: options.grad_scale,
+        found_inf: options.found_inf,
+        stream: options.stream,
+    }
+}
+
 /// One optimizer step: updates `param` in place from `grad` and the state, then compresses the
 /// new moments into the state. `param` (rows·cols of desc.param_dtype) and `grad` (of
 /// desc.grad_dtype) are caller-owned, row-major, contiguous, in the state's memory space, and
@@ -139,18 +152,7 @@ pub extern "C" fn mlorc_step(
 ) -> MlorcStatus {
     guard("mlorc_step", || {
         let options = read_struct(options, "options")?;
-        let request = StepRequest {
-            param: param as *mut u8,
-            grad: grad as *const u8,
-            lr: if options.lr_ptr.is_null() {
-                LearningRate::Value(options.lr)
-            } else {
-                LearningRate::Pointer(options.lr_ptr)
-            },
-            grad_scale: options.grad_scale,
-            found_inf: options.found_inf,
-            stream: options.stream,
-        };
+        let request = request_of(&options, param, grad);
         with_state(state, |s| {
             // An empty shard has no elements to point to.
             if !s.shard().is_empty() {
@@ -163,6 +165,42 @@ pub extern "C" fn mlorc_step(
             }
             // SAFETY: the caller's contract above covers param, grad and the option pointers.
             unsafe { s.step_raw(&request) }
+        })
+    })
+}
+
+/// Steps `count` states at once, each as mlorc_step would with the same `options`:
+/// `states[i]` with `params[i]` and `grads[i]`. On the CPU the library spreads small tensors
+/// over its threads, one tensor per thread at a time (a model's many small matrices and
+/// vectors step faster than in a loop of mlorc_step calls); the results are bitwise those of
+/// mlorc_step. Each state may appear once; params must not overlap each other or any grad.
+/// Every check runs first: an invalid state, pointer or option anywhere returns an error that
+/// names the tensor, and nothing has changed. Past the checks only MLORC_ERROR_OUT_OF_MEMORY,
+/// a device error or MLORC_ERROR_COLLECTIVE can occur; then the states whose steps completed
+/// have stepped (read their step counts). CUDA states and sharded states with an all-reduce
+/// step in array order on the calling thread. The arrays are read during the call only;
+/// count 0 does nothing (the arrays may then be NULL).
+#[no_mangle]
+pub extern "C" fn mlorc_step_many(
+    states: *const *mut MlorcState,
+    params: *const *mut c_void,
+    grads: *const *const c_void,
+    count: usize,
+    options: *const MlorcStepOptions,
+) -> MlorcStatus {
+    guard("mlorc_step_many", || {
+        let options = read_struct(options, "options")?;
+        let handles = caller_slice(states, count, "states")?;
+        let params = caller_slice(params, count, "params")?;
+        let grads = caller_slice(grads, count, "grads")?;
+        with_states(handles, |states| {
+            let mut items: Vec<BatchItem> = states
+                .into_iter()
+                .zip(params.iter().zip(grads))
+                .map(|(state, (&param, &grad))| BatchItem { state, request: request_of(&options, param, grad) })
+                .collect();
+            // SAFETY: the caller's contract above covers the arrays' pointers and the options.
+            unsafe { step_many(&mut items) }
         })
     })
 }

@@ -52,9 +52,38 @@ pub fn threads() -> usize {
 /// biases and norms would pay it hundreds of times a step).
 const INLINE_WORK: usize = 1 << 16;
 
+thread_local! {
+    /// Set while this thread runs one tensor of a batch (`spread`): its passes stay on this
+    /// thread, since the other threads are busy with other tensors.
+    static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Whether a pass of `pieces` over about `work` elements goes to the pool.
 fn on_pool(pieces: usize, work: usize) -> bool {
-    pieces > 1 && work >= INLINE_WORK && threads() > 1
+    pieces > 1 && work >= INLINE_WORK && !SERIAL.with(|s| s.get()) && threads() > 1
+}
+
+/// `f` over `items`, whole items spread over the pool's threads, each running its passes on
+/// the thread that took it (no pool hand-over inside an item). Results in item order. Worth it
+/// when there are more items than threads and each is small: a pass split across threads pays
+/// for the hand-over and the wait for the slowest piece, an item on one thread does not.
+pub fn spread<T: Send, R: Send>(items: Vec<T>, work: usize, f: impl Fn(T) -> R + Sync + Send) -> Vec<R> {
+    use rayon::prelude::*;
+    struct Serial(bool);
+    impl Drop for Serial {
+        fn drop(&mut self) {
+            SERIAL.with(|s| s.set(self.0));
+        }
+    }
+    let one = |item: T| {
+        let _restore = Serial(SERIAL.with(|s| s.replace(true)));
+        f(item)
+    };
+    if on_pool(items.len(), work) {
+        run(|| items.into_par_iter().with_max_len(1).map(one).collect())
+    } else {
+        items.into_iter().map(one).collect()
+    }
 }
 
 /// `f()` on the pool when `work` (elements) pays for the hand-over, else on the calling thread.

@@ -400,6 +400,45 @@ def test_step_param_equals_step_and_skips_missing_grads():
         o2.step_param(torch.nn.Parameter(torch.zeros(2)))
 
 
+@pytest.mark.parametrize("cls", [mt.MLorcAdamW, mt.MLorcLion])
+def test_one_batched_step_equals_one_step_per_parameter(cls):
+    # step() hands a group's tensors to the library in one call (mlorc_step_many), which spreads
+    # them over its threads; step_param steps one tensor per call. Same bits.
+    shapes = [(300,), (384, 256), (256, 256), (64,), (512, 256), (256, 512), (3, 5000), (7, 5)]
+    batched = _params(*shapes, seed=3)
+    single = [torch.nn.Parameter(p.detach().clone()) for p in batched]
+    o1 = cls([{"params": batched[:5]}, {"params": batched[5:], "lr": 3e-4}], lr=1e-3)
+    o2 = cls([{"params": single[:5]}, {"params": single[5:], "lr": 3e-4}], lr=1e-3)
+    assert _capi.has_step_many()
+    for _ in range(3):
+        for p, q in zip(batched, single):
+            p.grad = torch.randn(p.shape) * 1e-2
+            q.grad = p.grad.clone()
+        o1.step()
+        for q in single:
+            o2.step_param(q)
+    for p, q in zip(batched, single):
+        assert torch.isfinite(p).all()
+        assert torch.equal(p, q)
+        for k, v in o1.state[p].items():
+            assert torch.equal(v, o2.state[q][k]), k
+
+
+def test_a_bad_gradient_anywhere_changes_no_parameter():
+    ps = _params((40, 30), (30,), (50, 20))
+    opt = mt.MLorcAdamW(ps)
+    for p in ps:
+        p.grad = torch.randn(p.shape)
+    opt.step()
+    for p in ps[:2]:
+        p.grad = torch.randn(p.shape)
+    ps[2].grad = torch.randn(20, 50).t()  # the last one is not contiguous
+    snap = _snapshot(ps, opt)
+    with pytest.raises(ValueError, match="contiguous"):
+        opt.step()
+    _assert_unchanged(ps, opt, snap)
+
+
 def test_zero_sized_and_scalar_params():
     e, s = torch.nn.Parameter(torch.zeros(0, 4)), torch.nn.Parameter(torch.tensor(1.5))
     opt = mt.MLorcLion([e, s], lr=0.1, weight_decay=0.0)

@@ -199,6 +199,7 @@ PROTOTYPES: Dict[str, Tuple[object, List[object]]] = {
     ),
     "mlorc_state_destroy": (None, [MlorcStatePtr]),
     "mlorc_step": (MlorcStatus, [MlorcStatePtr, c_void_p, c_void_p, _P(MlorcStepOptions)]),
+    "mlorc_step_many": (MlorcStatus, [_P(MlorcStatePtr), _P(c_void_p), _P(c_void_p), c_size_t, _P(MlorcStepOptions)]),
     "mlorc_state_step_count": (MlorcStatus, [MlorcStatePtr, _P(c_uint64)]),
     "mlorc_state_set_step_count": (MlorcStatus, [MlorcStatePtr, c_uint64]),
     "mlorc_state_memory_bytes": (MlorcStatus, [MlorcStatePtr, _P(c_size_t)]),
@@ -249,6 +250,7 @@ OPTIONAL_FUNCTIONS = frozenset(
         "mlorc_shard_state_bytes_required",
         "mlorc_state_create_sharded",
         "mlorc_state_shard_range",
+        "mlorc_step_many",
     }
 )
 
@@ -486,6 +488,23 @@ def step(state: int, param: int, grad: int, options: MlorcStepOptions) -> None:
     _check(
         lib().mlorc_step(c_void_p(state), c_void_p(param), c_void_p(grad), byref(options)),
         "mlorc_step",
+    )
+
+
+def has_step_many() -> bool:
+    """Whether the loaded library steps many states in one call (mlorc_step_many)."""
+    return hasattr(lib(), "mlorc_step_many")
+
+
+def step_many(states: Sequence[int], params: Sequence[int], grads: Sequence[int], options: MlorcStepOptions) -> None:
+    """One mlorc_step_many call: ``states[i]`` with ``params[i]`` and ``grads[i]`` (addresses)."""
+    count = len(states)
+    if len(params) != count or len(grads) != count:
+        raise ValueError(f"step_many: {count} states, {len(params)} params and {len(grads)} grads")
+    _check(
+        lib().mlorc_step_many((c_void_p * count)(*states), (c_void_p * count)(*params), (c_void_p * count)(*grads),
+                              count, byref(options)),
+        "mlorc_step_many",
     )
 
 

@@ -130,6 +130,21 @@ class _Handle:
         return True
 
 
+class _Prepared:
+    """One parameter's step after its checks: what the library call needs."""
+
+    __slots__ = ("param", "handle", "param_ptr", "grad_ptr", "options", "options_key")
+
+    def __init__(self, param: Tensor, handle: _Handle, param_ptr: int, grad_ptr: int, options: Any,
+                 options_key: tuple) -> None:
+        self.param = param
+        self.handle = handle
+        self.param_ptr = param_ptr
+        self.grad_ptr = grad_ptr
+        self.options = options  # shared by every parameter of its group on one device
+        self.options_key = options_key
+
+
 def _destroy_handles(handles: Dict[int, _Handle]) -> None:
     for h in list(handles.values()):
         try:
@@ -381,20 +396,22 @@ class _MLorcBase(Optimizer):
     def _scaler_tensors(self) -> Tuple[Optional[Tensor], Optional[Tensor]]:
         return getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
 
-    def _step_param(
+    def _prepare_param(
         self,
         p: Tensor,
         group: Dict[str, Any],
         scale: Optional[Tensor],
         found_inf: Optional[Tensor],
         cache: Dict[Any, Any],
-    ) -> None:
+    ) -> Optional["_Prepared"]:
+        """Every check of one parameter's step, its state handle and its step options; None
+        when it has nothing to step. Changes no weight and no moment."""
         if p.grad is None:
-            return
+            return None
         name = type(self).__name__
         view = self._view(p)
         if view.numel == 0:
-            return
+            return None
         # The library reads and writes the local pieces: the parameter itself unless it is a
         # DTensor (then its local shard; param_view checked the placements).
         local = view.local
@@ -444,10 +461,14 @@ class _MLorcBase(Optimizer):
                 stream=stream,
             )
             cache[options_key] = options
+        return _Prepared(p, h, local.data_ptr(), grad.data_ptr(), options, options_key)
+
+    def _step_prepared(self, prep: "_Prepared") -> None:
+        h = prep.handle
         # An empty shard has no memory (data_ptr 0: NULL, which the library accepts for it) but
         # still takes part in every all-reduce of the step.
         try:
-            _capi.step(h.ptr, local.data_ptr(), grad.data_ptr(), options)
+            _capi.step(h.ptr, prep.param_ptr, prep.grad_ptr, prep.options)
         except MlorcCollectiveError as e:
             cause = h.comm.take_error() if h.comm is not None else None
             if cause is not None and not isinstance(cause, Exception):
@@ -462,10 +483,42 @@ class _MLorcBase(Optimizer):
                     e.function,
                 ) from cause
             raise
+        self._record_step_count(prep)
+
+    def _record_step_count(self, prep: "_Prepared") -> None:
+        """Copies the library's step count of a stepped parameter into ``state["step"]``."""
+        h = prep.handle
         count = _capi.state_step_count(h.ptr)
         if count != h.count:
             h.count = count
-            self.state[p]["step"].fill_(float(count))
+            self.state[prep.param]["step"].fill_(float(count))
+
+    def _step_batch(self, batch: List["_Prepared"]) -> None:
+        """Steps parameters that share their step options in one library call (the library
+        spreads the tensors over its threads)."""
+        if len(batch) == 1 or not _capi.has_step_many():
+            for prep in batch:
+                self._step_prepared(prep)
+            return
+        try:
+            _capi.step_many([b.handle.ptr for b in batch], [b.param_ptr for b in batch], [b.grad_ptr for b in batch],
+                            batch[0].options)
+        finally:
+            # Past its checks, a failed call may have stepped some tensors: keep every count true.
+            for prep in batch:
+                self._record_step_count(prep)
+
+    def _step_param(
+        self,
+        p: Tensor,
+        group: Dict[str, Any],
+        scale: Optional[Tensor],
+        found_inf: Optional[Tensor],
+        cache: Dict[Any, Any],
+    ) -> None:
+        prep = self._prepare_param(p, group, scale, found_inf, cache)
+        if prep is not None:
+            self._step_prepared(prep)
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:  # type: ignore[override]
@@ -484,9 +537,24 @@ class _MLorcBase(Optimizer):
             self._validate_group(group)
         scale, found_inf = self._scaler_tensors()
         cache: Dict[Any, Any] = {}
+        # Every parameter is checked before any steps. Sharded parameters step one by one, in
+        # order (their all-reduces must match across ranks); the others in one library call per
+        # group and device.
+        sharded: List[_Prepared] = []
+        batches: Dict[Any, List[_Prepared]] = {}
         for group in self.param_groups:
             for p in group["params"]:
-                self._step_param(p, group, scale, found_inf, cache)
+                prep = self._prepare_param(p, group, scale, found_inf, cache)
+                if prep is None:
+                    continue
+                if prep.handle.comm is not None:
+                    sharded.append(prep)
+                else:
+                    batches.setdefault(prep.options_key, []).append(prep)
+        for prep in sharded:
+            self._step_prepared(prep)
+        for batch in batches.values():
+            self._step_batch(batch)
         return loss
 
     @torch.no_grad()
