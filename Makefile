@@ -29,10 +29,10 @@ VALGRIND_FLAGS := --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=d
                   --show-leak-kinds=definite --track-origins=yes
 
 .PHONY: help deps build header install install-test-prefix ctest-build ctest memcheck test-rust test-python test-python-install test-nvrtc \
-        test demo-c demo bench bench-speed bench-quality clean
+        test demo-c demo bench bench-kernels bench-speed bench-quality clean
 
 help:
-	@echo "targets: build header install ctest memcheck test-rust test-python test-python-install test-nvrtc test demo demo-c bench bench-speed bench-quality clean"
+	@echo "targets: build header install ctest memcheck test-rust test-python test-python-install test-nvrtc test demo demo-c bench bench-kernels bench-speed bench-quality clean"
 	@echo "PREFIX=$(PREFIX)"
 
 # What a fresh machine lacks for the demo and the tests (apt-get, pip; nothing else).
@@ -117,6 +117,18 @@ demo: deps
 # CPU step time of the library's MLorc-AdamW against its DENSE AdamW (BENCHMARKS.md).
 bench:
 	$(CARGO) bench --bench cpu_step
+
+# The projection and sketch kernels alone, one thread, with their data in L1, L3 and DRAM, and
+# the projection pass's memory traffic without its arithmetic (BENCHMARKS.md, section 1).
+KERNELS := benches/kernels/target/release
+bench-kernels:
+	$(CARGO) build --release --manifest-path benches/kernels/Cargo.toml
+	$(KERNELS)/sketch
+	$(KERNELS)/pass 4 256 256
+	$(KERNELS)/pass 256 4096 2048
+	$(KERNELS)/pass 4096 4096 2048
+	$(KERNELS)/pass 4096 4096 2048 0
+	$(KERNELS)/pattern 4096 4096 2048
 
 # Evidence against the alternatives (PyTorch, CPU): step time and memory, fine-tuning quality.
 bench-speed: build

@@ -1,0 +1,64 @@
+//! The projection + AdamW update kernel (4-row blocks, rank = k = 4) swept over a rows × cols
+//! f32 matrix in column tiles of `width`, as the library's projection pass does, on one
+//! thread. `update` 0 leaves the weights alone (the gradient stream only).
+//! usage: pass ROWS COLS WIDTH [update=1]
+use crate::cpu::tile::{self, multiversion, MomentTerms, F8};
+use crate::step::StepScalars;
+use crate::{time, Rng};
+
+const R: usize = 4;
+const K: usize = 4;
+const CHUNK: usize = 256;
+
+struct Job<'a> {
+    rows: usize,
+    cols: usize,
+    width: usize,
+    update: bool,
+    moments: &'a [MomentTerms],
+    qs: &'a [&'a [f32]],
+    scalars: StepScalars,
+}
+
+multiversion! {
+    fn sweep<S>(job: &Job, g: &[F8], w: &mut [F8]) {
+        let (n, width) = (job.cols, job.width);
+        let (row_groups, tile_groups) = (n / 8, width / 8);
+        let mut bacc = vec![[0f32; 8]; 2 * K * tile_groups];
+        for col0 in (0..n).step_by(width) {
+            bacc.fill([0.0; 8]);
+            for row0 in (0..job.rows).step_by(R) {
+                for chunk0 in (col0..col0 + width).step_by(CHUNK) {
+                    let (group0, gi0) = (chunk0 / 8, (chunk0 - col0) / 8);
+                    let grads: [&[F8]; R] = std::array::from_fn(|r| &g[(row0 + r) * row_groups + group0..][..CHUNK / 8]);
+                    let wp = w.as_mut_ptr();
+                    // SAFETY: rows row0..row0+R, one chunk each: disjoint, inside w.
+                    let mut ws: [&mut [F8]; R] = std::array::from_fn(|r| unsafe { std::slice::from_raw_parts_mut(wp.add((row0 + r) * row_groups + group0), CHUNK / 8) });
+                    let update = job.update.then_some((&job.scalars, &mut ws));
+                    tile::project_rows::<S, R, true, 4>(job.moments, job.qs, 4, K, row0, group0, &grads, &mut bacc[gi0..], tile_groups, update);
+                }
+            }
+        }
+    }
+}
+
+pub fn main() {
+    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("numbers")).collect();
+    let (rows, cols, width) = (args[0], args[1], args[2]);
+    let update = args.get(3).copied().unwrap_or(1) == 1;
+    assert!(rows % R == 0 && cols % width == 0 && width % CHUNK == 0, "rows % 4, cols % width, width % 256 must be 0");
+    let mut rng = Rng(88172645463325252);
+    let moments: Vec<MomentTerms> = [(0.9, 0.1), (0.999, 0.001)]
+        .iter()
+        .map(|&(beta, weight)| MomentTerms { us: (0..rows * 4).map(|_| rng.next()).collect(), vg: rng.groups(cols / 8 * 4), fill: 1e-6, beta, weight })
+        .collect();
+    let q: Vec<Vec<f32>> = (0..2).map(|_| (0..rows * K).map(|_| rng.next()).collect()).collect();
+    let qs: Vec<&[f32]> = q.iter().map(|v| v.as_slice()).collect();
+    let g = rng.groups(rows * cols / 8);
+    let mut w = rng.groups(rows * cols / 8);
+    let job = Job { rows, cols, width, update, moments: &moments, qs: &qs, scalars: StepScalars::adamw() };
+    let runs = (400_000_000 / (rows * cols)).clamp(5, 2000);
+    let (min, median) = time(runs, || sweep(&job, &g, &mut w));
+    let per = 1e9 / (rows * cols) as f64;
+    println!("pass {rows}x{cols} tile {width} update {update}: {:.3} ns/element min, {:.3} median ({runs} runs)", min * per, median * per);
+}
