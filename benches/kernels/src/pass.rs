@@ -21,10 +21,9 @@ struct Job<'a> {
 }
 
 multiversion! {
-    fn sweep<S>(job: &Job, g: &[F8], w: &mut [F8]) {
+    fn sweep<S>(job: &Job, g: &[F8], w: &mut [F8], bacc: &mut [F8]) {
         let (n, width) = (job.cols, job.width);
         let (row_groups, tile_groups) = (n / 8, width / 8);
-        let mut bacc = vec![[0f32; 8]; 2 * K * tile_groups];
         for col0 in (0..n).step_by(width) {
             bacc.fill([0.0; 8]);
             for row0 in (0..job.rows).step_by(R) {
@@ -57,8 +56,15 @@ pub fn main() {
     let g = rng.groups(rows * cols / 8);
     let mut w = rng.groups(rows * cols / 8);
     let job = Job { rows, cols, width, update, moments: &moments, qs: &qs, scalars: StepScalars::adamw() };
-    let runs = (400_000_000 / (rows * cols)).clamp(5, 2000);
-    let (min, median) = time(runs, || sweep(&job, &g, &mut w));
-    let per = 1e9 / (rows * cols) as f64;
+    let mut bacc = vec![[0f32; 8]; 2 * K * (width / 8)];
+    // Small matrices are swept several times per timing, so a timing is at least ~1 M elements.
+    let repeat = (1usize << 20).div_ceil(rows * cols);
+    let runs = (400_000_000 / (rows * cols * repeat)).clamp(5, 400);
+    let (min, median) = time(runs, || {
+        for _ in 0..repeat {
+            sweep(&job, &g, &mut w, &mut bacc);
+        }
+    });
+    let per = 1e9 / (rows * cols * repeat) as f64;
     println!("pass {rows}x{cols} tile {width} update {update}: {:.3} ns/element min, {:.3} median ({runs} runs)", min * per, median * per);
 }
