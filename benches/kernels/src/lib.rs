@@ -67,4 +67,5 @@ pub fn time(runs: usize, mut f: impl FnMut()) -> (f64, f64) {
 }
 
 pub mod pass;
+pub mod pattern;
 pub mod sketch;
