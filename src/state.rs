@@ -422,14 +422,15 @@ impl State {
         self.plan.shard.len()
     }
 
-    /// The checks of a step that need no device: NULL pointers, and on the CPU the learning
-    /// rate and gradient scale as `prepare_cpu` reads them.
+    /// The checks of a step that enqueue nothing: NULL pointers, on CUDA the pointers' device and
+    /// the learning rate value, on the CPU everything `prepare_cpu` checks.
     ///
     /// # Safety
     /// As `step_raw`.
     pub(crate) unsafe fn check_request(&self, request: &StepRequest) -> Result<()> {
-        if self.cuda.is_some() {
-            return self.check_pointers(request);
+        if let Some(cuda) = &self.cuda {
+            self.check_pointers(request)?;
+            return cuda.check_request(request);
         }
         self.prepare_cpu(request).map(|_| ())
     }

@@ -184,12 +184,33 @@ impl CudaState {
         self.synchronize()
     }
 
-    /// One step, enqueued on `request.stream` (NULL: the legacy default stream).
-    pub fn step(&mut self, config: &Config, request: &StepRequest) -> Result<()> {
+    /// The host-side checks of a step: every pointer on this state's device, the learning rate
+    /// when it is a value. Nothing is enqueued.
+    pub fn check_request(&self, request: &StepRequest) -> Result<()> {
         let ordinal = self.dev.ordinal;
         let _guard = ContextGuard::enter(&self.dev.ctx)?;
         check_pointer(request.param as u64, ordinal, "param")?;
         check_pointer(request.grad as u64, ordinal, "grad")?;
+        match request.lr {
+            LearningRate::Value(v) if !(v.is_finite() && v >= 0.0) => {
+                return invalid!("learning rate is {v}: it must be finite and >= 0");
+            }
+            LearningRate::Value(_) => {}
+            LearningRate::Pointer(p) if p.is_null() => return invalid!("lr pointer is NULL"),
+            LearningRate::Pointer(p) => check_pointer(p as u64, ordinal, "lr_ptr")?,
+        }
+        for (p, what) in [(request.grad_scale, "grad_scale"), (request.found_inf, "found_inf")] {
+            if !p.is_null() {
+                check_pointer(p as u64, ordinal, what)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One step, enqueued on `request.stream` (NULL: the legacy default stream).
+    pub fn step(&mut self, config: &Config, request: &StepRequest) -> Result<()> {
+        self.check_request(request)?;
+        let _guard = ContextGuard::enter(&self.dev.ctx)?;
         let mut hyper = Hyper {
             lr: 0.0,
             beta1: config.beta1,
@@ -204,26 +225,13 @@ impl CudaState {
         };
         let lr_ptr = match request.lr {
             LearningRate::Value(v) => {
-                if !(v.is_finite() && v >= 0.0) {
-                    return invalid!("learning rate is {v}: it must be finite and >= 0");
-                }
                 hyper.lr = v;
                 0u64
             }
-            LearningRate::Pointer(p) if p.is_null() => return invalid!("lr pointer is NULL"),
-            LearningRate::Pointer(p) => {
-                check_pointer(p as u64, ordinal, "lr_ptr")?;
-                p as u64
-            }
+            LearningRate::Pointer(p) => p as u64,
         };
         let grad_scale = request.grad_scale as u64;
-        if grad_scale != 0 {
-            check_pointer(grad_scale, ordinal, "grad_scale")?;
-        }
         let found_inf = request.found_inf as u64;
-        if found_inf != 0 {
-            check_pointer(found_inf, ordinal, "found_inf")?;
-        }
         let io = Io {
             param: request.param as u64,
             grad: request.grad as u64,
