@@ -190,7 +190,9 @@ static double forward_backward(Model *m, const float *x, const int *y, int n, in
 static void model_step(Model *m, double lr) {
     MlorcStepOptions opt;
     die_on(mlorc_step_options_init(&opt, lr), "mlorc_step_options_init");
-    for (int t = 0; t < NT; t++) die_on(mlorc_step(m->opt[t], m->p[t], m->g[t], &opt), "mlorc_step");
+    /* All tensors in one call (what a loop of mlorc_step would do, spread over the library's
+     * threads): the arrays are indexed like m->opt. */
+    die_on(mlorc_step_many(m->opt, (void *const *)m->p, (const void *const *)m->g, NT, &opt), "mlorc_step_many");
 }
 
 int main(void) {
