@@ -375,11 +375,8 @@ fn sketch_rows_fixed<S: Lanes, const K: usize, const RANK_IS_K: bool>(
                 if mo == 0 {
                     tile::sketch_chunk_grad::<S, K>(xg, col0 / LANES, g, &mut a);
                 } else {
-                    if RANK_IS_K {
-                        tile::sketch_chunk_fixed::<S, K, K>(terms, xg, i, col0 / LANES, g, &mut a);
-                    } else {
-                        tile::sketch_chunk::<S, K>(terms, xg, rank, i, col0 / LANES, g, &mut a);
-                    }
+                    // Rank ≠ k (oversampling): the rebuild's length is known at run time only.
+                    tile::sketch_chunk::<S, K>(terms, xg, rank, i, col0 / LANES, g, &mut a);
                 }
                 acc[mo] = a;
             }

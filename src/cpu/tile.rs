@@ -129,37 +129,11 @@ pub fn sketch_chunk<S: Lanes, const K: usize>(
     }
 }
 
-/// `sketch_chunk` for a rank known at compile time: the row's U·S splats and the moment's
-/// scalars are made once per chunk and V and X are walked without index checks. Same
-/// operations in the same order.
-#[inline(always)]
-pub fn sketch_chunk_fixed<S: Lanes, const K: usize, const RANK: usize>(
-    terms: &MomentTerms,
-    xg: &[F8],
-    row: usize,
-    group0: usize,
-    g: &[F8],
-    acc: &mut [S::V; K],
-) {
-    let us = terms.row_splats::<S, RANK>(row);
-    let (fill, beta, weight) = (S::splat(terms.fill), S::splat(terms.beta), S::splat(terms.weight));
-    let groups = g.len();
-    let vs = terms.vg[group0 * RANK..(group0 + groups) * RANK].chunks_exact(RANK);
-    let xs = xg[group0 * K..(group0 + groups) * K].chunks_exact(K);
-    for ((g8, v), x) in g.iter().zip(vs).zip(xs) {
-        let old = S::fill_negative(rebuild_fixed::<S, RANK>(&us, v), fill);
-        let gv = S::load(g8);
-        let new = S::mul_add(beta, old, S::mul(weight, S::mul(gv, gv)));
-        for l in 0..K {
-            acc[l] = S::mul_add(new, S::load(&x[l]), acc[l]);
-        }
-    }
-}
-
-/// Both moments' sketch accumulators of one row over one chunk in one loop: `acc0` as
-/// `sketch_chunk_grad` (the first moment's gradient part), `acc1` as `sketch_chunk_fixed`.
-/// Each accumulator sees the same operations in the same order as in those two; one loop
-/// gives the out-of-order core both sets of independent chains at once.
+/// AdamW's sketch accumulators of one row over one chunk, for a rank known at compile time:
+/// `acc0` as `sketch_chunk_grad` (the first moment's gradient part), `acc1` the second
+/// moment's as `sketch_chunk` (same operations, same order). The row's U·S splats are made
+/// once per chunk, V and X are walked without index checks, and one loop gives the
+/// out-of-order core both sets of independent chains at once.
 #[inline(always)]
 pub fn sketch_chunk_both<S: Lanes, const K: usize, const RANK: usize>(
     terms: &MomentTerms,
