@@ -508,18 +508,6 @@ class _MLorcBase(Optimizer):
             for prep in batch:
                 self._record_step_count(prep)
 
-    def _step_param(
-        self,
-        p: Tensor,
-        group: Dict[str, Any],
-        scale: Optional[Tensor],
-        found_inf: Optional[Tensor],
-        cache: Dict[Any, Any],
-    ) -> None:
-        prep = self._prepare_param(p, group, scale, found_inf, cache)
-        if prep is not None:
-            self._step_prepared(prep)
-
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:  # type: ignore[override]
         """Performs a single optimization step on every parameter that has a ``.grad``.
@@ -574,7 +562,9 @@ class _MLorcBase(Optimizer):
         self._validate_group(group)
         self._opt_called = True  # what torch's LR-scheduler step wrapper records
         scale, found_inf = self._scaler_tensors()
-        self._step_param(p, group, scale, found_inf, {})
+        prep = self._prepare_param(p, group, scale, found_inf, {})
+        if prep is not None:
+            self._step_prepared(prep)
 
     # -- memory -----------------------------------------------------------------------------------
 
