@@ -405,6 +405,9 @@ static void check_state_functions(void) {
     EXPECT_INVALID(mlorc_step(s, NULL, g, &opt), "param");
     EXPECT_INVALID(mlorc_step(s, w, NULL, &opt), "grad");
     EXPECT_INVALID(mlorc_step(s, w, g, NULL), "options");
+    /* Elements are read and written in place: a pointer off their alignment is refused. */
+    EXPECT_INVALID(mlorc_step(s, (char *)(void *)w + 2, g, &opt), "not aligned");
+    EXPECT_INVALID(mlorc_step(s, w, (const char *)(const void *)g + 1, &opt), "not aligned");
     {
         const size_t sizes[] = {0, sizeof opt - 1, sizeof opt + 8};
         for (size_t i = 0; i < 3; i++) {

@@ -4,6 +4,7 @@
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
+use crate::cpu::lanes::bf16_nearest_bits;
 use crate::config::Dtype;
 use crate::rng::{self, Stream};
 
@@ -91,16 +92,6 @@ pub unsafe fn store(dst: *mut u8, dtype: Dtype, offset: usize, vals: &[f32], rou
             }
         }
     }
-}
-
-/// `bf16::from_f32(x).to_bits()` (round to nearest even; NaN stays NaN, quieted) without
-/// branches, so a loop of it vectorizes.
-#[inline(always)]
-pub fn bf16_nearest_bits(x: f32) -> u16 {
-    let b = x.to_bits();
-    let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16;
-    let quiet_nan = (b >> 16) | 0x0040;
-    (if (b & 0x7fff_ffff) > 0x7f80_0000 { quiet_nan } else { rounded }) as u16
 }
 
 fn to_f32_bits16(bits: u16, dtype: Dtype) -> f32 {

@@ -439,6 +439,14 @@ impl State {
         if !self.plan.shard.is_empty() && (request.param.is_null() || request.grad.is_null()) {
             return invalid!("param and grad must not be NULL");
         }
+        // The kernels read and write whole elements in place.
+        for (what, address, dtype) in
+            [("param", request.param as usize, self.desc.param_dtype), ("grad", request.grad as usize, self.desc.grad_dtype)]
+        {
+            if address % dtype.size() != 0 {
+                return invalid!("{what} {address:#x} is not aligned to its {}-byte {} elements", dtype.size(), dtype.name());
+            }
+        }
         Ok(())
     }
 

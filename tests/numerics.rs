@@ -296,6 +296,53 @@ fn half_precision_parameters_follow_the_reference() {
     check_half::<f16>(f16::from_f32, f16::to_f32, Dtype::F16, true);
 }
 
+/// A bf16 step does the f32 step's arithmetic on the widened values and rounds the weights to
+/// nearest even once: from bf16-representable inputs its weights are bitwise the f32 step's
+/// rounded, and its moments bitwise the f32 step's. Widths on and off the 8-lane grid, every
+/// specialised rank and a run-time one, bf16 or f32 gradients, one and several threads.
+#[test]
+fn bf16_steps_are_the_f32_step_rounded() {
+    let bf = |x: f32| bf16::from_f32(x).to_f32();
+    let shapes = [(12, 64), (9, 45), (40, 264), (300, 2056), (5, 8)];
+    let settings = [(Algorithm::AdamW, 4, 0), (Algorithm::AdamW, 1, 0), (Algorithm::AdamW, 2, 0), (Algorithm::AdamW, 8, 0),
+        (Algorithm::AdamW, 3, 2), (Algorithm::Lion, 4, 0), (Algorithm::Lion, 2, 3)];
+    for (case, (&(m, n), &(algorithm, rank, oversampling))) in
+        shapes.iter().flat_map(|s| settings.iter().map(move |c| (s, c))).enumerate()
+    {
+        for grad_dtype in [Dtype::Bf16, Dtype::F32] {
+            // Parallel passes start above 64 Ki elements (300x2056 here).
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(if case % 2 == 0 { 1 } else { 3 }).build().unwrap();
+            let config = factored(algorithm, rank, oversampling, (case % 3 == 0) as u32, 40 + case as u64);
+            let mut exact = State::new(&config, &f32_desc(m, n)).unwrap();
+            let mut half = State::new(&config, &desc(m, n, Dtype::Bf16, grad_dtype)).unwrap();
+            let mut rng = TestRng::new(case as u64 + 101);
+            let mut w: Vec<bf16> = rng.normals_f32(m * n, 1.0).into_iter().map(bf16::from_f32).collect();
+            for t in 1..=3 {
+                let g: Vec<f32> = rng.normals_f32(m * n, 0.3).into_iter().map(bf).collect();
+                let mut w32: Vec<f32> = w.iter().map(|x| x.to_f32()).collect();
+                pool.install(|| {
+                    exact.step(&mut w32, &g, &StepOptions::lr(1e-2)).unwrap();
+                    if grad_dtype == Dtype::Bf16 {
+                        let g16: Vec<bf16> = g.iter().copied().map(bf16::from_f32).collect();
+                        half.step(&mut w, &g16, &StepOptions::lr(1e-2)).unwrap();
+                    } else {
+                        half.step(&mut w, &g, &StepOptions::lr(1e-2)).unwrap();
+                    }
+                });
+                let what = format!("{m}x{n} {algorithm:?} r={rank} p={oversampling} grad {grad_dtype:?} step {t}");
+                for (e, (h, x)) in w.iter().zip(&w32).enumerate() {
+                    assert_eq!(h.to_bits(), bf16::from_f32(*x).to_bits(), "{what}: weight {e}");
+                }
+                for name in ["exp_avg.u", "exp_avg.s", "exp_avg.v", "exp_avg_sq.u", "exp_avg_sq.s", "exp_avg_sq.v"] {
+                    if let (Ok(a), Ok(b)) = (exact.buffer(name), half.buffer(name)) {
+                        assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "{what}: {name}");
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn grad_scale_and_found_inf() {
     let config = factored(Algorithm::AdamW, 2, 0, 0, 4);

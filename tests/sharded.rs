@@ -126,7 +126,7 @@ fn split(bounds: &[usize]) -> Vec<Shard> {
 fn max_rel_diff(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
     let scale = a.iter().fold(0f64, |s, &x| s.max(x.abs() as f64));
-    a.iter().zip(b).map(|(&x, &y)| ((x as f64 - y as f64).abs() / scale)).fold(0.0, f64::max)
+    a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).abs() / scale).fold(0.0, f64::max)
 }
 
 const M: usize = 37;

@@ -22,8 +22,9 @@ extended by up to 2 points that way. The
 chosen lr is then run with the other seeds. Reported: validation loss mean ± std over seeds,
 optimizer-state bytes, time per training step and per optimizer.step().
 
-Ablation (MLorc-AdamW, library, chosen lr, seed 0): r in {1,2,4,8,16} x q in {0,1} x p in
-{0,4} (a subset with --quick); q=1 at r=4 is also run on every seed.
+Ablation (MLorc-AdamW, library, the r=4 setting's chosen lr): r in {1,2,4,8,16} x q in {0,1} x
+p in {0,4}, every seed (a subset on seed 0 with --quick). Rank with its own lr (full mode): each
+r at q=0, p=0 on the r=4 lr and its two grid neighbours (seed 0), then every seed at the best.
 Diagnosis (plain-torch reference RefMLorc of _common.py, MLorc-AdamW's chosen lr): both moments
 compressed vs only the first (V exact) vs only the second (M exact), and the non-negativity fix
 of ALGORITHM.md vs clamping negatives to 0; AdamW at the same lr alongside.
@@ -66,10 +67,11 @@ CACHE = Path(__file__).resolve().parent / ".cache"
 
 MODES = {
     "quick": dict(pretrain_steps=80, steps=30, seeds=[0, 1], grid=slice(2, 4), eval_batches=4, eval_points=2,
-                  ablation=[(1, 0, 0), (16, 0, 0), (4, 1, 0)], diag_seeds=[0], q1_seeds=False, extend=0),
+                  ablation=[(1, 0, 0), (16, 0, 0), (4, 1, 0)], ablation_all_seeds=False, rank_sweep=(),
+                  diag_seeds=[0], extend=0),
     "full": dict(pretrain_steps=400, steps=200, seeds=[0, 1, 2], grid=slice(0, 4), eval_batches=None,
                  eval_points=5, ablation=[(r, q, p) for r in (1, 2, 4, 8, 16) for q in (0, 1) for p in (0, 4)],
-                 diag_seeds=[0, 1, 2], q1_seeds=True, extend=2),
+                 ablation_all_seeds=True, rank_sweep=(1, 2, 4, 8, 16), diag_seeds=[0, 1, 2], extend=2),
 }
 
 GRIDS = {
@@ -364,15 +366,25 @@ def main():
         ]
         for name, method, extra in variants:
             diag[name] = [R.run(method, lr_m, s, extra) for s in mode["diag_seeds"]]
-    # 4. ablation
+    # 4. ablation at MLorc-AdamW's lr, on every seed (one seed differs from the next by up to
+    # ~0.05 here, more than most settings differ from each other)
     abl = {}
     if "ablation" not in skip and lr_m:
-        for s in (seeds if mode["q1_seeds"] else []):  # q=1 at r=4 on every seed
-            abl.setdefault((4, 1, 0, "seeds"), []).append(R.run("MLorc-AdamW r=4", lr_m, s, {"q": 1}))
+        abl_seeds = seeds if mode["ablation_all_seeds"] else seeds[:1]
         for (r, q, p) in mode["ablation"]:
             extra = {k: v for k, v in (("r", r), ("q", q), ("p", p)) if (k, v) not in (("r", 4), ("q", 0), ("p", 0))}
-            abl[(r, q, p)] = R.run("MLorc-AdamW r=4", lr_m, seeds[0], extra)
-        abl[(4, 0, 0)] = R.run("MLorc-AdamW r=4", lr_m, seeds[0])
+            abl[(r, q, p)] = [R.run("MLorc-AdamW r=4", lr_m, s, extra) for s in abl_seeds]
+    # 5. rank with its own lr: the ablation's fixed lr favours the rank it was tuned for
+    sweep = {}
+    if "ablation" not in skip and lr_m:
+        for r in mode["rank_sweep"]:
+            extra = {"r": r} if r != 4 else {}
+            lrs = [_next_lr(lr_m, up=False), lr_m, _next_lr(lr_m, up=True)]
+            grid = [(lr, R.run("MLorc-AdamW r=4", lr, seeds[0], extra)) for lr in lrs]
+            done = [(g["val"], lr) for lr, g in grid if g and math.isfinite(g["val"])]
+            best = min(done)[1] if done else None
+            runs = [R.run("MLorc-AdamW r=4", best, s, extra) for s in seeds] if best else []
+            sweep[r] = dict(grid=grid, lr=best, runs=runs)
 
     # ---------------- report ----------------
     wall = time.perf_counter() - t_start
@@ -427,18 +439,25 @@ def main():
                 L.append(f"| {name} | {fmt_ms([r['val'] for r in runs])} | "
                          f"{statistics.median(r['opt_ms'] for r in runs):.1f} |")
     if abl:
-        L += ["", f"### Ablation (MLorc-AdamW library, lr {lr_m:.0e}, seed {seeds[0]} unless noted)", "",
-              "| r | q | p | val loss | state KiB | opt ms | s/step |", "|---|---|---|---|---|---|---|"]
-        for key in sorted((k for k in abl if len(k) == 3), key=lambda k: (k[0], k[1], k[2])):
-            r = abl[key]
-            if r:
-                L.append(f"| {key[0]} | {key[1]} | {key[2]} | {r['val']:.4f} | {kib(r['state_bytes'])} | "
-                         f"{r['opt_ms']:.1f} | {r['s_per_step']:.3f} |")
-        q1 = [r for r in abl.get((4, 1, 0, "seeds"), []) if r]
-        if q1:
-            L += ["", f"q=1 at r=4 over seeds {seeds}: {fmt_ms([r['val'] for r in q1])}, opt "
-                  f"{statistics.median(r['opt_ms'] for r in q1):.1f} ms; q=0 at r=4 over the same seeds: "
-                  f"{fmt_ms(ref_vals)}, opt {statistics.median(r['opt_ms'] for r in main_rows['MLorc-AdamW r=4'] if r):.1f} ms."]
+        L += ["", f"### Ablation (MLorc-AdamW library, lr {lr_m:.0e} = the r=4 setting's chosen lr)", "",
+              "| r | q | p | val loss mean ± std | state KiB | opt ms | s/step |", "|---|---|---|---|---|---|---|"]
+        for key in sorted(abl):
+            runs = [r for r in abl[key] if r]
+            if runs:
+                L.append(f"| {key[0]} | {key[1]} | {key[2]} | {fmt_ms([r['val'] for r in runs])} | "
+                         f"{kib(runs[0]['state_bytes'])} | {statistics.median(r['opt_ms'] for r in runs):.1f} | "
+                         f"{statistics.median(r['s_per_step'] for r in runs):.3f} |")
+    if sweep:
+        L += ["", "### Rank with its own lr (MLorc-AdamW library, q=0, p=0; lr chosen by seed-0 validation "
+              f"loss among the r=4 lr and its two grid neighbours; then seeds {seeds})", "",
+              "| r | lr → val (seed 0) | chosen lr | val loss mean ± std | state KiB | opt ms |",
+              "|---|---|---|---|---|---|"]
+        for r, d in sweep.items():
+            g = ", ".join(f"{lr:.0e}→{x['val']:.4f}" if x else f"{lr:.0e}→(not run)" for lr, x in d["grid"])
+            runs = [x for x in d["runs"] if x]
+            if runs:
+                L.append(f"| {r} | {g} | {d['lr']:.0e} | {fmt_ms([x['val'] for x in runs])} | "
+                         f"{kib(runs[0]['state_bytes'])} | {statistics.median(x['opt_ms'] for x in runs):.1f} |")
     suffix = "_quick" if args.quick else ""
     png = C.RESULTS / f"quality_curves{suffix}.png"
     plot(png, main_rows, grid_rows, base_val, mode_name)
@@ -450,7 +469,9 @@ def main():
         command=cmd, machine=machine, base_val=base_val, chosen=chosen,
         grid={m: [(lr, r and r["val"]) for lr, r in v] for m, v in grid_rows.items()},
         main={m: v for m, v in main_rows.items()}, diagnosis=diag,
-        ablation={str(k): v for k, v in abl.items()}), indent=1, default=str))
+        ablation={str(k): v for k, v in abl.items()},
+        rank_sweep={str(r): dict(lr=d["lr"], grid=[(lr, x and x["val"]) for lr, x in d["grid"]], runs=d["runs"])
+                    for r, d in sweep.items()}), indent=1, default=str))
     print()
     print(md)
     print(f"\nwrote results/quality{suffix}.md, .json, {png.name}; wall {wall:.0f} s")

@@ -136,8 +136,9 @@ fn request_of(options: &MlorcStepOptions, param: *mut c_void, grad: *const c_voi
 
 /// One optimizer step: updates `param` in place from `grad` and the state, then compresses the
 /// new moments into the state. `param` (rows·cols of desc.param_dtype) and `grad` (of
-/// desc.grad_dtype) are caller-owned, row-major, contiguous, in the state's memory space, and
-/// must not overlap each other or the state's buffers; they are used during the call only.
+/// desc.grad_dtype) are caller-owned, row-major, contiguous, aligned to their element size, in
+/// the state's memory space, and must not overlap each other or the state's buffers; they are
+/// used during the call only.
 /// A sharded state takes its shard's end − begin elements (NULL if the shard is empty).
 /// Options: lr (or *lr_ptr), optional *grad_scale (the gradient is divided by it), optional
 /// *found_inf (non-zero: nothing changes, not even the step count). On the CPU the step is

@@ -14,7 +14,7 @@ use crate::shard::{self, Collective, ShardRows};
 use crate::step::{FactoredPasses, SketchInput, StepIo, StepScalars};
 
 use super::lanes::Lanes;
-use super::tile::{self, multiversion, MomentTerms, CHUNK, F8, GROUPS, LANES};
+use super::tile::{self, multiversion, Bf16s, F32s, MomentTerms, Packed, CHUNK, F8, GROUPS, H8, LANES};
 use super::{segment, SharedPtr};
 
 /// Rows per task of the row-parallel passes.
@@ -318,6 +318,55 @@ impl Source<'_> {
         out[len..padded].fill(0.0);
         tile::as_groups(&out[..padded])
     }
+
+    /// Whether the kernels read the gradient where it lies as bf16 (`Bf16s`): bf16, no scale
+    /// to apply, and rows of whole groups (so every chunk is whole groups too).
+    fn grad_in_place_bf16(&self) -> bool {
+        self.grad_dtype == Dtype::Bf16 && self.grad_factor == 1.0 && self.cols % LANES == 0
+    }
+}
+
+/// Where the kernels of a pass read gradient rows: `F32s` groups (the caller's f32 rows, or an
+/// f32 copy of other dtypes, `Source::load_grad`) or `Bf16s` groups (the caller's bf16 rows
+/// where they lie; only when `Source::grad_in_place_bf16`).
+trait GradRows: Packed {
+    fn row<'b>(source: &'b Source, row: usize, col0: usize, len: usize, scratch: &'b mut [f32; CHUNK]) -> &'b [Self::Group];
+    /// Whether the projection updates weights of `dtype` in place with this packing.
+    fn weights_in_place(dtype: Dtype, rounding: &dtype::Rounding) -> bool;
+    /// The rows as f32 groups (`F32s` only), for weights updated through an f32 copy: the
+    /// kernels are instantiated for one packing of gradient and weights together.
+    fn as_f32<const R: usize>(rows: [&[Self::Group]; R]) -> Option<[&[F8]; R]>;
+}
+
+impl GradRows for F32s {
+    #[inline(always)]
+    fn row<'b>(source: &'b Source, row: usize, col0: usize, len: usize, scratch: &'b mut [f32; CHUNK]) -> &'b [F8] {
+        source.load_grad(row, col0, len, scratch)
+    }
+    fn weights_in_place(dtype: Dtype, _: &dtype::Rounding) -> bool {
+        dtype == Dtype::F32
+    }
+    fn as_f32<const R: usize>(rows: [&[F8]; R]) -> Option<[&[F8]; R]> {
+        Some(rows)
+    }
+}
+
+impl GradRows for Bf16s {
+    fn weights_in_place(dtype: Dtype, rounding: &dtype::Rounding) -> bool {
+        dtype == Dtype::Bf16 && matches!(rounding, dtype::Rounding::NearestEven)
+    }
+    fn as_f32<const R: usize>(_: [&[H8]; R]) -> Option<[&[F8]; R]> {
+        None
+    }
+    #[inline(always)]
+    fn row<'b>(source: &'b Source, row: usize, col0: usize, len: usize, _: &'b mut [f32; CHUNK]) -> &'b [H8] {
+        debug_assert!(source.grad_in_place_bf16() && len % LANES == 0);
+        let start = (source.grad.get() as *const u16).wrapping_add(row * source.cols + col0);
+        // SAFETY: the range lies inside the rows × cols bf16 gradient (contract of the step),
+        // which nobody writes during the step; u16 and [u16; 8] need the same alignment.
+        let halves = unsafe { std::slice::from_raw_parts(start, len) };
+        halves.as_chunks::<LANES>().0
+    }
 }
 
 multiversion! {
@@ -327,11 +376,22 @@ multiversion! {
         macro_rules! fixed_width {
             ($($k:literal)*) => {
                 match source.k {
-                    $($k if source.rank == $k => sketch_rows_fixed::<S, $k, true>(source, xgs, vtx, rows),)*
-                    $($k => sketch_rows_fixed::<S, $k, false>(source, xgs, vtx, rows),)*
+                    $($k if source.rank == $k => sketch_rows_fixed::<S, F32s, $k, true>(source, xgs, vtx, rows),)*
+                    $($k => sketch_rows_fixed::<S, F32s, $k, false>(source, xgs, vtx, rows),)*
                     _ => sketch_rows_dyn::<S>(source, xgs, vtx, rows),
                 }
             };
+        }
+        // bf16 gradients are read in place by the kernels of rank = k (the default); other
+        // shapes of the sketch convert rows into f32 copies.
+        if S::PACKED_BF16 && source.grad_in_place_bf16() && source.rank == source.k {
+            match source.k {
+                1 => return sketch_rows_fixed::<S, Bf16s, 1, true>(source, xgs, vtx, rows),
+                2 => return sketch_rows_fixed::<S, Bf16s, 2, true>(source, xgs, vtx, rows),
+                4 => return sketch_rows_fixed::<S, Bf16s, 4, true>(source, xgs, vtx, rows),
+                8 => return sketch_rows_fixed::<S, Bf16s, 8, true>(source, xgs, vtx, rows),
+                _ => {}
+            }
         }
         fixed_width!(1 2 3 4 5 6 7 8)
     }
@@ -342,7 +402,7 @@ multiversion! {
 /// streaming from L2 once per row; a row's accumulators wait in memory between chunks, which
 /// leaves each row's sums in the same order.
 #[inline(always)]
-fn sketch_rows_fixed<S: Lanes, const K: usize, const RANK_IS_K: bool>(
+fn sketch_rows_fixed<S: Lanes, G: GradRows, const K: usize, const RANK_IS_K: bool>(
     source: &Source,
     xgs: &[&[F8]],
     vtx: &[f32],
@@ -362,21 +422,21 @@ fn sketch_rows_fixed<S: Lanes, const K: usize, const RANK_IS_K: bool>(
             if next < n {
                 source.prefetch_grad::<S>(i, next, CHUNK.min(n - next));
             }
-            let g = source.load_grad(i, col0, CHUNK.min(n - col0), &mut grad);
+            let g = G::row(source, i, col0, CHUNK.min(n - col0), &mut grad);
             if RANK_IS_K && moments == 2 {
                 // AdamW: both moments in one loop (the same operations per accumulator).
                 let [a0, a1] = acc;
-                tile::sketch_chunk_both::<S, K, K>(&source.moments[1], xgs[0], xgs[1], i, col0 / LANES, g, a0, a1);
+                tile::sketch_chunk_both::<S, G, K, K>(&source.moments[1], xgs[0], xgs[1], i, col0 / LANES, g, a0, a1);
                 continue;
             }
             for (mo, (terms, xg)) in source.moments.iter().zip(xgs).enumerate() {
                 // A local copy, so the accumulators live in registers for the chunk.
                 let mut a = acc[mo];
                 if mo == 0 {
-                    tile::sketch_chunk_grad::<S, K>(xg, col0 / LANES, g, &mut a);
+                    tile::sketch_chunk_grad::<S, G, K>(xg, col0 / LANES, g, &mut a);
                 } else {
                     // Rank ≠ k (oversampling): the rebuild's length is known at run time only.
-                    tile::sketch_chunk::<S, K>(terms, xg, rank, i, col0 / LANES, g, &mut a);
+                    tile::sketch_chunk::<S, G, K>(terms, xg, rank, i, col0 / LANES, g, &mut a);
                 }
                 acc[mo] = a;
             }
@@ -450,14 +510,32 @@ multiversion! {
         rows: std::ops::Range<usize>,
         update: Option<(SharedPtr<u8>, Dtype, StepScalars)>,
     ) -> Vec<F8> {
+        let adamw = source.moments.len() == 2;
+        // bf16 gradients (with bf16 weights rounded to nearest, or no update) are read in place
+        // by the kernels of the common ranks with rank = k; other cases convert rows into f32
+        // copies.
+        let weights_too = update.as_ref().is_none_or(|(_, dtype, scalars)| Bf16s::weights_in_place(*dtype, &scalars.rounding));
+        if S::PACKED_BF16 && source.grad_in_place_bf16() && weights_too && source.rank == source.k {
+            match (adamw, source.rank) {
+                (true, 1) => return project_tile_rows::<S, Bf16s, true, 1>(source, qs, col0, width, rows, update),
+                (true, 2) => return project_tile_rows::<S, Bf16s, true, 2>(source, qs, col0, width, rows, update),
+                (true, 4) => return project_tile_rows::<S, Bf16s, true, 4>(source, qs, col0, width, rows, update),
+                (true, 8) => return project_tile_rows::<S, Bf16s, true, 8>(source, qs, col0, width, rows, update),
+                (false, 1) => return project_tile_rows::<S, Bf16s, false, 1>(source, qs, col0, width, rows, update),
+                (false, 2) => return project_tile_rows::<S, Bf16s, false, 2>(source, qs, col0, width, rows, update),
+                (false, 4) => return project_tile_rows::<S, Bf16s, false, 4>(source, qs, col0, width, rows, update),
+                (false, 8) => return project_tile_rows::<S, Bf16s, false, 8>(source, qs, col0, width, rows, update),
+                _ => {}
+            }
+        }
         // Common ranks with rank = k get loops of known length (unrolled, no loop overhead).
         macro_rules! fixed_rank {
             ($($rk:literal)*) => {
-                match (source.moments.len() == 2, source.rank) {
-                    $((true, $rk) if source.k == $rk => project_tile_rows::<S, true, $rk>(source, qs, col0, width, rows, update),)*
-                    $((false, $rk) if source.k == $rk => project_tile_rows::<S, false, $rk>(source, qs, col0, width, rows, update),)*
-                    (true, _) => project_tile_rows::<S, true, 0>(source, qs, col0, width, rows, update),
-                    (false, _) => project_tile_rows::<S, false, 0>(source, qs, col0, width, rows, update),
+                match (adamw, source.rank) {
+                    $((true, $rk) if source.k == $rk => project_tile_rows::<S, F32s, true, $rk>(source, qs, col0, width, rows, update),)*
+                    $((false, $rk) if source.k == $rk => project_tile_rows::<S, F32s, false, $rk>(source, qs, col0, width, rows, update),)*
+                    (true, _) => project_tile_rows::<S, F32s, true, 0>(source, qs, col0, width, rows, update),
+                    (false, _) => project_tile_rows::<S, F32s, false, 0>(source, qs, col0, width, rows, update),
                 }
             };
         }
@@ -468,7 +546,7 @@ multiversion! {
 /// `project_tile` for AdamW (two moments) or Lion: blocks of PROJECT_ROWS rows, then the rest.
 /// `RK` > 0: rank = k = RK.
 #[inline(always)]
-fn project_tile_rows<S: Lanes, const ADAMW: bool, const RK: usize>(
+fn project_tile_rows<S: Lanes, G: GradRows, const ADAMW: bool, const RK: usize>(
     source: &Source,
     qs: &[&[f32]],
     col0: usize,
@@ -480,11 +558,11 @@ fn project_tile_rows<S: Lanes, const ADAMW: bool, const RK: usize>(
     let mut scratch = RowScratch::<PROJECT_ROWS>::new();
     let full = rows.end - rows.len() % PROJECT_ROWS;
     for row0 in (rows.start..full).step_by(PROJECT_ROWS) {
-        project_block::<S, PROJECT_ROWS, ADAMW, RK>(source, qs, col0, width, update, row0, &mut acc, &mut scratch);
+        project_block::<S, G, PROJECT_ROWS, ADAMW, RK>(source, qs, col0, width, update, row0, &mut acc, &mut scratch);
     }
     let mut single = RowScratch::<1>::new();
     for row in full..rows.end {
-        project_block::<S, 1, ADAMW, RK>(source, qs, col0, width, update, row, &mut acc, &mut single);
+        project_block::<S, G, 1, ADAMW, RK>(source, qs, col0, width, update, row, &mut acc, &mut single);
     }
     acc
 }
@@ -501,9 +579,26 @@ impl<const R: usize> RowScratch<R> {
     }
 }
 
+/// Rows `row0 .. row0 + R`, columns `chunk0 .. chunk0 + len` (whole groups) of the parameter,
+/// as groups of `T` (`F8` for f32, `H8` for bf16) where they lie.
+///
+/// # Safety
+/// The parameter holds rows × `n` elements of `T`'s dtype, those rows are whole rows of the
+/// state's elements, and only the caller touches these columns during the pass.
+#[inline(always)]
+unsafe fn weight_rows<'a, T, const R: usize>(param: SharedPtr<u8>, row0: usize, n: usize, chunk0: usize, len: usize) -> [&'a mut [T]; R] {
+    let bytes = std::mem::size_of::<T>() / LANES; // per element
+    std::array::from_fn(|r| {
+        let start = param.get().wrapping_add(((row0 + r) * n + chunk0) * bytes) as *mut T;
+        // SAFETY: the caller's contract; the parameter is aligned for its dtype (checked by
+        // the step), and T is an array of that dtype.
+        unsafe { std::slice::from_raw_parts_mut(start, len / LANES) }
+    })
+}
+
 /// Rows `row0 .. row0 + R` of a column tile: projection, and the update when given.
 #[inline(always)]
-fn project_block<S: Lanes, const R: usize, const ADAMW: bool, const RK: usize>(
+fn project_block<S: Lanes, G: GradRows, const R: usize, const ADAMW: bool, const RK: usize>(
     source: &Source,
     qs: &[&[f32]],
     col0: usize,
@@ -523,25 +618,25 @@ fn project_block<S: Lanes, const R: usize, const ADAMW: bool, const RK: usize>(
         let RowScratch { grads, weights } = scratch;
         // A plain loop, not array::from_fn: its closure would not be inlined into this AVX2
         // code, and the 16-bit conversions in load_grad would run scalar.
-        let mut rows: [&[F8]; R] = [&[]; R];
+        let mut rows: [&[G::Group]; R] = [&[]; R];
         for (r, (slot, g)) in rows.iter_mut().zip(grads.iter_mut()).enumerate() {
-            *slot = source.load_grad(row0 + r, chunk0, len, g);
+            *slot = G::row(source, row0 + r, chunk0, len, g);
         }
         let grads = rows;
         let bacc = &mut acc[gi0..];
         match update {
-            None => tile::project_rows::<S, R, ADAMW, RK>(source.moments, qs, rank, k, row0, group0, &grads, bacc, tile_groups, None),
-            Some((param, Dtype::F32, scalars)) if len % LANES == 0 => {
-                // f32 weights are updated where they are.
-                let mut ws: [&mut [F8]; R] = std::array::from_fn(|r| {
-                    let p = (param.get() as *mut f32).wrapping_add((row0 + r) * n + chunk0);
-                    // SAFETY: row row0 + r, columns chunk0..chunk0+len of the f32 parameter: a
-                    // whole row of the state's elements, and only this tile touches these columns.
-                    tile::as_groups_mut(unsafe { std::slice::from_raw_parts_mut(p, len) })
-                });
-                tile::project_rows::<S, R, ADAMW, RK>(source.moments, qs, rank, k, row0, group0, &grads, bacc, tile_groups, Some((&scalars, &mut ws)));
+            None => tile::project_rows::<S, G, G, R, ADAMW, RK>(source.moments, qs, rank, k, row0, group0, &grads, bacc, tile_groups, None),
+            // Weights of the gradient's packing (f32; bf16 rounded to nearest) are updated
+            // where they are.
+            Some((param, dtype, scalars)) if len % LANES == 0 && G::weights_in_place(dtype, &scalars.rounding) => {
+                // SAFETY: the parameter's dtype is G's (weights_in_place); see weight_rows.
+                let mut ws = unsafe { weight_rows::<G::Group, R>(param, row0, n, chunk0, len) };
+                tile::project_rows::<S, G, G, R, ADAMW, RK>(source.moments, qs, rank, k, row0, group0, &grads, bacc, tile_groups, Some((&scalars, &mut ws)));
             }
+            // Other weights through an f32 copy, with f32 gradient rows (project_tile reads
+            // bf16 gradients in place only when the weights are bf16 rounded to nearest).
             Some((param, dtype, scalars)) => {
+                let grads = G::as_f32(grads).expect("in-place bf16 gradients come with in-place bf16 weights");
                 for (r, w) in weights.iter_mut().enumerate() {
                     // SAFETY: the chunk of row row0 + r lies inside the rows × cols parameter;
                     // tiles own disjoint columns.
@@ -552,7 +647,7 @@ fn project_block<S: Lanes, const R: usize, const ADAMW: bool, const RK: usize>(
                     let mut it = weights.iter_mut();
                     std::array::from_fn(|_| tile::as_groups_mut(&mut it.next().unwrap()[..padded]))
                 };
-                tile::project_rows::<S, R, ADAMW, RK>(source.moments, qs, rank, k, row0, group0, &grads, bacc, tile_groups, Some((&scalars, &mut ws)));
+                tile::project_rows::<S, F32s, F32s, R, ADAMW, RK>(source.moments, qs, rank, k, row0, group0, &grads, bacc, tile_groups, Some((&scalars, &mut ws)));
                 for (r, w) in weights.iter().enumerate() {
                     unsafe { dtype::store(param.get(), dtype, (row0 + r) * n + chunk0, &w[..len], scalars.rounding) };
                 }

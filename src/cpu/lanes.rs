@@ -5,12 +5,32 @@
 //! multiply-add (one rounding) in both.
 
 pub type F8 = [f32; 8];
+/// Eight bf16 values, as their bits.
+pub type H8 = [u16; 8];
+
+/// `bf16::from_f32(x).to_bits()` (round to nearest even; NaN stays NaN, quieted) without
+/// branches, so a loop of it vectorizes.
+#[inline(always)]
+pub fn bf16_nearest_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16;
+    let quiet_nan = (b >> 16) | 0x0040;
+    (if (b & 0x7fff_ffff) > 0x7f80_0000 { quiet_nan } else { rounded }) as u16
+}
 
 pub trait Lanes: Copy {
     type V: Copy;
+    /// Whether the passes read bf16 tensors where they lie with this implementation. The
+    /// portable fallback converts rows into f32 copies instead (same bits), which keeps the
+    /// kernels compiled for it to one packing.
+    const PACKED_BF16: bool;
     fn splat(x: f32) -> Self::V;
     fn load(a: &F8) -> Self::V;
     fn store(v: Self::V, out: &mut F8);
+    /// Eight bf16 values widened to f32 (exact).
+    fn load_bf16(a: &H8) -> Self::V;
+    /// Rounded to bf16 as `bf16_nearest_bits` (nearest even; NaN stays NaN, quieted).
+    fn store_bf16(v: Self::V, out: &mut H8);
     fn add(a: Self::V, b: Self::V) -> Self::V;
     fn mul(a: Self::V, b: Self::V) -> Self::V;
     /// a·b + c, rounded once.
@@ -45,6 +65,7 @@ pub struct Portable;
 
 impl Lanes for Portable {
     type V = F8;
+    const PACKED_BF16: bool = false;
     #[inline(always)]
     fn splat(x: f32) -> F8 {
         [x; 8]
@@ -56,6 +77,14 @@ impl Lanes for Portable {
     #[inline(always)]
     fn store(v: F8, out: &mut F8) {
         *out = v;
+    }
+    #[inline(always)]
+    fn load_bf16(a: &H8) -> F8 {
+        std::array::from_fn(|t| f32::from_bits((a[t] as u32) << 16))
+    }
+    #[inline(always)]
+    fn store_bf16(v: F8, out: &mut H8) {
+        *out = std::array::from_fn(|t| bf16_nearest_bits(v[t]));
     }
     #[inline(always)]
     fn add(a: F8, b: F8) -> F8 {
@@ -128,7 +157,7 @@ pub use avx::Avx;
 
 #[cfg(target_arch = "x86_64")]
 mod avx {
-    use super::{Lanes, F8};
+    use super::{Lanes, F8, H8};
     use std::arch::x86_64::*;
 
     /// One AVX register. Only `avx_if_available` makes one, after checking the CPU, and its
@@ -146,6 +175,7 @@ mod avx {
     // the intrinsics touch registers and the given arrays only.
     impl Lanes for Avx {
         type V = __m256;
+        const PACKED_BF16: bool = true;
         #[inline(always)]
         fn splat(x: f32) -> __m256 {
             unsafe { _mm256_set1_ps(x) }
@@ -161,6 +191,31 @@ mod avx {
         #[inline(always)]
         fn store(v: __m256, out: &mut F8) {
             unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) }
+        }
+        #[inline(always)]
+        fn load_bf16(a: &H8) -> __m256 {
+            unsafe {
+                let halves = _mm_loadu_si128(a.as_ptr() as *const __m128i);
+                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(halves)))
+            }
+        }
+        #[inline(always)]
+        fn store_bf16(v: __m256, out: &mut H8) {
+            // bf16_nearest_bits on eight lanes: add 0x7fff plus the kept part's lowest
+            // bit and keep the top half; NaN (magnitude above infinity's) keeps its top half
+            // with the quiet bit set.
+            unsafe {
+                let b = _mm256_castps_si256(v);
+                let odd = _mm256_and_si256(_mm256_srli_epi32::<16>(b), _mm256_set1_epi32(1));
+                let rounded = _mm256_srli_epi32::<16>(_mm256_add_epi32(b, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7fff))));
+                let quiet_nan = _mm256_or_si256(_mm256_srli_epi32::<16>(b), _mm256_set1_epi32(0x0040));
+                let magnitude = _mm256_and_si256(b, _mm256_set1_epi32(0x7fff_ffff));
+                let nan = _mm256_cmpgt_epi32(magnitude, _mm256_set1_epi32(0x7f80_0000));
+                let bits = _mm256_blendv_epi8(rounded, quiet_nan, nan);
+                // Every lane is below 2^16: packing with unsigned saturation keeps them whole.
+                let packed = _mm_packus_epi32(_mm256_castsi256_si128(bits), _mm256_extracti128_si256::<1>(bits));
+                _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, packed);
+            }
         }
         #[inline(always)]
         fn add(a: __m256, b: __m256) -> __m256 {
@@ -236,5 +291,48 @@ mod tests {
         }
         let bits = |v: Vec<F8>| v.iter().flatten().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(all::<Portable>(a, b)), bits(all::<Avx>(a, b)));
+    }
+
+    /// bf16 loads and stores: both implementations against the scalar conversions, on values
+    /// that round up, down and to even, overflow to infinity, and NaNs (signalling and quiet).
+    #[test]
+    fn bf16_loads_and_stores_match_the_scalar_conversions() {
+        let specials: [u32; 16] = [
+            0x3f80_8000, 0x3f81_8000, 0x3f80_7fff, 0x3f80_8001, 0x7f7f_ffff, 0xff7f_8000, 0x7f80_0000, 0x7f80_0001,
+            0xffc0_0000, 0x7fbf_ffff, 0x0000_8000, 0x8001_8000, 0x0000_0000, 0x8000_0000, 0x0080_7fff, 0xc2f6_e979,
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut random = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u32
+        };
+        let values: Vec<f32> = specials.iter().map(|&b| f32::from_bits(b)).chain((0..4096).map(|_| f32::from_bits(random()))).collect();
+        fn round_trip<S: Lanes>(values: &[f32]) -> (Vec<u16>, Vec<u32>) {
+            let mut stored = Vec::new();
+            let mut loaded = Vec::new();
+            for chunk in values.chunks_exact(8) {
+                let mut h: H8 = [0; 8];
+                S::store_bf16(S::load(chunk.try_into().unwrap()), &mut h);
+                stored.extend_from_slice(&h);
+                loaded.extend(S::to_array(S::load_bf16(&h)).iter().map(|x| x.to_bits()));
+            }
+            (stored, loaded)
+        }
+        let expected: Vec<u16> = values.iter().map(|&x| half::bf16::from_f32(x).to_bits()).collect();
+        let widened: Vec<u32> = expected.iter().map(|&h| half::bf16::from_bits(h).to_f32().to_bits()).collect();
+        let portable = round_trip::<Portable>(&values);
+        assert_eq!(portable, (expected.clone(), widened.clone()));
+        #[cfg(target_arch = "x86_64")]
+        if Avx::if_available().is_some() {
+            // SAFETY: the CPU has AVX2 (checked above).
+            assert_eq!(unsafe { avx_round_trip(&values) }, (expected, widened));
+        }
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx_round_trip(values: &[f32]) -> (Vec<u16>, Vec<u32>) {
+            round_trip::<Avx>(values)
+        }
     }
 }

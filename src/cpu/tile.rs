@@ -7,8 +7,44 @@
 
 use crate::step::StepScalars;
 
-pub use super::lanes::F8;
+pub use super::lanes::{F8, H8};
 use super::lanes::Lanes;
+
+/// How the kernels read and write groups of eight elements of a caller's tensor where it lies:
+/// f32 as they are, bf16 widened on load and rounded to nearest even on store. A 16-bit tensor
+/// read this way takes no extra pass through an f32 copy; the arithmetic is the same.
+pub trait Packed {
+    type Group: Copy;
+    fn load<S: Lanes>(g: &Self::Group) -> S::V;
+    fn store<S: Lanes>(v: S::V, out: &mut Self::Group);
+}
+
+pub enum F32s {}
+pub enum Bf16s {}
+
+impl Packed for F32s {
+    type Group = F8;
+    #[inline(always)]
+    fn load<S: Lanes>(g: &F8) -> S::V {
+        S::load(g)
+    }
+    #[inline(always)]
+    fn store<S: Lanes>(v: S::V, out: &mut F8) {
+        S::store(v, out)
+    }
+}
+
+impl Packed for Bf16s {
+    type Group = H8;
+    #[inline(always)]
+    fn load<S: Lanes>(g: &H8) -> S::V {
+        S::load_bf16(g)
+    }
+    #[inline(always)]
+    fn store<S: Lanes>(v: S::V, out: &mut H8) {
+        S::store_bf16(v, out)
+    }
+}
 
 /// Columns per chunk (and per tile of the column-parallel pass). A multiple of `LANES`.
 pub const CHUNK: usize = 256;
@@ -110,18 +146,18 @@ pub fn update_lion<S: Lanes>(s: &StepScalars, w: S::V, m: S::V, g: S::V) -> S::V
 /// its non-negativity fix does not split): acc[l] += V_t[row, group]·X[group, l] over the groups
 /// of one chunk (`g` holds the chunk's gradient, zero-padded to whole groups).
 #[inline(always)]
-pub fn sketch_chunk<S: Lanes, const K: usize>(
+pub fn sketch_chunk<S: Lanes, G: Packed, const K: usize>(
     terms: &MomentTerms,
     xg: &[F8],
     rank: usize,
     row: usize,
     group0: usize,
-    g: &[F8],
+    g: &[G::Group],
     acc: &mut [S::V; K],
 ) {
     for (gi, g8) in g.iter().enumerate() {
         let group = group0 + gi;
-        let (_, a) = terms.step::<S, true>(rank, row, group, S::load(g8));
+        let (_, a) = terms.step::<S, true>(rank, row, group, G::load::<S>(g8));
         let x = &xg[group * K..(group + 1) * K];
         for l in 0..K {
             acc[l] = S::mul_add(a, S::load(&x[l]), acc[l]);
@@ -135,13 +171,13 @@ pub fn sketch_chunk<S: Lanes, const K: usize>(
 /// once per chunk, V and X are walked without index checks, and one loop gives the
 /// out-of-order core both sets of independent chains at once.
 #[inline(always)]
-pub fn sketch_chunk_both<S: Lanes, const K: usize, const RANK: usize>(
+pub fn sketch_chunk_both<S: Lanes, G: Packed, const K: usize, const RANK: usize>(
     terms: &MomentTerms,
     x0: &[F8],
     x1: &[F8],
     row: usize,
     group0: usize,
-    g: &[F8],
+    g: &[G::Group],
     acc0: &mut [S::V; K],
     acc1: &mut [S::V; K],
 ) {
@@ -152,7 +188,7 @@ pub fn sketch_chunk_both<S: Lanes, const K: usize, const RANK: usize>(
     let x0s = x0[group0 * K..(group0 + groups) * K].chunks_exact(K);
     let x1s = x1[group0 * K..(group0 + groups) * K].chunks_exact(K);
     for (((g8, v), xa), xb) in g.iter().zip(vs).zip(x0s).zip(x1s) {
-        let gv = S::load(g8);
+        let gv = G::load::<S>(g8);
         for l in 0..K {
             acc0[l] = S::mul_add(gv, S::load(&xa[l]), acc0[l]);
         }
@@ -166,10 +202,10 @@ pub fn sketch_chunk_both<S: Lanes, const K: usize, const RANK: usize>(
 
 /// The gradient part of the first moment's sketch: acc[l] += G[row, group]·X[group, l].
 #[inline(always)]
-pub fn sketch_chunk_grad<S: Lanes, const K: usize>(xg: &[F8], group0: usize, g: &[F8], acc: &mut [S::V; K]) {
+pub fn sketch_chunk_grad<S: Lanes, G: Packed, const K: usize>(xg: &[F8], group0: usize, g: &[G::Group], acc: &mut [S::V; K]) {
     for (gi, g8) in g.iter().enumerate() {
         let group = group0 + gi;
-        let gv = S::load(g8);
+        let gv = G::load::<S>(g8);
         let x = &xg[group * K..(group + 1) * K];
         for l in 0..K {
             acc[l] = S::mul_add(gv, S::load(&x[l]), acc[l]);
@@ -219,20 +255,20 @@ pub fn sketch_chunk_dyn<S: Lanes>(
 /// updated in place by `scalars`. `ADAMW`: two moments, else Lion's one. `RK` > 0: rank = k =
 /// RK, known at compile time (`project_rows_fixed`).
 #[inline(always)]
-pub fn project_rows<S: Lanes, const R: usize, const ADAMW: bool, const RK: usize>(
+pub fn project_rows<S: Lanes, G: Packed, W: Packed, const R: usize, const ADAMW: bool, const RK: usize>(
     moments: &[MomentTerms],
     qs: &[&[f32]],
     rank: usize,
     k: usize,
     row0: usize,
     group0: usize,
-    grads: &[&[F8]; R],
+    grads: &[&[G::Group]; R],
     bacc: &mut [F8],
     bstride: usize,
-    mut update: Option<(&StepScalars, &mut [&mut [F8]; R])>,
+    mut update: Option<(&StepScalars, &mut [&mut [W::Group]; R])>,
 ) {
     if RK > 0 {
-        return project_rows_fixed::<S, R, ADAMW, RK, RK>(moments, qs, row0, group0, grads, bacc, bstride, update);
+        return project_rows_fixed::<S, G, W, R, ADAMW, RK, RK>(moments, qs, row0, group0, grads, bacc, bstride, update);
     }
     #[inline(always)]
     fn accumulate<S: Lanes, const R: usize>(bacc: &mut [F8], q: &[f32], k: usize, row0: usize, first: usize, bstride: usize, news: &[S::V; R]) {
@@ -250,7 +286,7 @@ pub fn project_rows<S: Lanes, const R: usize, const ADAMW: bool, const RK: usize
         let bacc = &mut bacc[gi..];
         let mut g = [S::zero(); R];
         for r in 0..R {
-            g[r] = S::load(&grads[r][gi]);
+            g[r] = G::load::<S>(&grads[r][gi]);
         }
         let mut olds = [S::zero(); R];
         let mut firsts = [S::zero(); R];
@@ -267,13 +303,13 @@ pub fn project_rows<S: Lanes, const R: usize, const ADAMW: bool, const RK: usize
         }
         if let Some((scalars, weights)) = update.as_mut() {
             for r in 0..R {
-                let w = S::load(&weights[r][gi]);
+                let w = W::load::<S>(&weights[r][gi]);
                 let w = if ADAMW {
                     update_adamw::<S>(scalars, w, firsts[r], seconds[r])
                 } else {
                     update_lion::<S>(scalars, w, olds[r], g[r])
                 };
-                S::store(w, &mut weights[r][gi]);
+                W::store::<S>(w, &mut weights[r][gi]);
             }
         }
     }
@@ -284,15 +320,15 @@ pub fn project_rows<S: Lanes, const R: usize, const ADAMW: bool, const RK: usize
 /// so the loop is arithmetic, not address bookkeeping. The same operations in the same order
 /// as `project_rows`: the same bits.
 #[inline(always)]
-pub fn project_rows_fixed<S: Lanes, const R: usize, const ADAMW: bool, const RANK: usize, const K: usize>(
+pub fn project_rows_fixed<S: Lanes, G: Packed, W: Packed, const R: usize, const ADAMW: bool, const RANK: usize, const K: usize>(
     moments: &[MomentTerms],
     qs: &[&[f32]],
     row0: usize,
     group0: usize,
-    grads: &[&[F8]; R],
+    grads: &[&[G::Group]; R],
     bacc: &mut [F8],
     bstride: usize,
-    mut update: Option<(&StepScalars, &mut [&mut [F8]; R])>,
+    mut update: Option<(&StepScalars, &mut [&mut [W::Group]; R])>,
 ) {
     let count = if ADAMW { 2 } else { 1 };
     let groups = grads[0].len();
@@ -331,7 +367,7 @@ pub fn project_rows_fixed<S: Lanes, const R: usize, const ADAMW: bool, const RAN
         let mut g = [S::zero(); R];
         for r in 0..R {
             // SAFETY: gi < groups = grads[r].len() (asserted).
-            g[r] = S::load(unsafe { grads[r].get_unchecked(gi) });
+            g[r] = G::load::<S>(unsafe { grads[r].get_unchecked(gi) });
         }
         let vm = &vgs[0][gi * RANK..(gi + 1) * RANK];
         let mut olds = [S::zero(); R];
@@ -356,13 +392,13 @@ pub fn project_rows_fixed<S: Lanes, const R: usize, const ADAMW: bool, const RAN
             for r in 0..R {
                 // SAFETY: gi < groups <= weights[r].len() (asserted).
                 let w8 = unsafe { weights[r].get_unchecked_mut(gi) };
-                let w = S::load(w8);
+                let w = W::load::<S>(w8);
                 let w = if ADAMW {
                     update_adamw::<S>(scalars, w, firsts[r], seconds[r])
                 } else {
                     update_lion::<S>(scalars, w, olds[r], g[r])
                 };
-                S::store(w, w8);
+                W::store::<S>(w, w8);
             }
         }
     }

@@ -1,7 +1,7 @@
 //! The AdamW sketch kernel (`sketch_chunk_both`, rank = k = 4) on one 8-row block of one
 //! 256-column chunk (everything in L1), timed; its sums checked against the run-time-rank
 //! kernels (`sketch_chunk_grad`, `sketch_chunk`), which do the same operations.
-use crate::cpu::tile::{self, multiversion, MomentTerms, F8};
+use crate::cpu::tile::{self, multiversion, F32s, MomentTerms, F8};
 use crate::{time, Rng};
 
 const K: usize = 4;
@@ -15,10 +15,10 @@ multiversion! {
             let row = &g[i * groups..(i + 1) * groups];
             let (mut a0, mut a1) = ([S::zero(); K], [S::zero(); K]);
             if fused {
-                tile::sketch_chunk_both::<S, K, 4>(terms, x0, x1, i, 0, row, &mut a0, &mut a1);
+                tile::sketch_chunk_both::<S, F32s, K, 4>(terms, x0, x1, i, 0, row, &mut a0, &mut a1);
             } else {
-                tile::sketch_chunk_grad::<S, K>(x0, 0, row, &mut a0);
-                tile::sketch_chunk::<S, K>(terms, x1, 4, i, 0, row, &mut a1);
+                tile::sketch_chunk_grad::<S, F32s, K>(x0, 0, row, &mut a0);
+                tile::sketch_chunk::<S, F32s, K>(terms, x1, 4, i, 0, row, &mut a1);
             }
             for l in 0..K {
                 out[i * 2 * K + l] = tile::sum_lanes(&S::to_array(a0[l]));

@@ -204,12 +204,20 @@ class ParamView:
         return g
 
 
+_DTENSOR: Any = None  # torch's DTensor class once looked up; False where torch lacks it
+
+
 def _is_dtensor(t: Any) -> bool:
-    try:
-        from torch.distributed.tensor import DTensor
-    except Exception:  # pragma: no cover - torch without distributed
-        return False
-    return isinstance(t, DTensor)
+    # Called for every parameter at every step: the import is looked up once.
+    global _DTENSOR
+    if _DTENSOR is None:
+        try:
+            from torch.distributed.tensor import DTensor
+
+            _DTENSOR = DTensor
+        except Exception:  # pragma: no cover - torch without distributed
+            _DTENSOR = False
+    return _DTENSOR is not False and isinstance(t, _DTENSOR)
 
 
 def _dtensor_view(p: Tensor, process_group: Any) -> ParamView:

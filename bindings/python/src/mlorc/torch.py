@@ -14,7 +14,7 @@ from torch.optim import Optimizer
 
 from . import _capi
 from ._capi import MlorcCollectiveError, MlorcError
-from ._shard import FlatShard, ParamView, TorchAllReduce, flat_shard, param_view
+from ._shard import FlatShard, ParamView, TorchAllReduce, _is_dtensor, flat_shard, param_view
 
 __all__ = [
     "MLorcAdamW",
@@ -75,8 +75,6 @@ def _check_int(name: str, value: Any, lo: int) -> None:
 def _check_param(p: Tensor, cls: str) -> None:
     if not isinstance(p, Tensor):
         raise TypeError(f"{cls} can only optimize Tensors, got {type(p).__name__}")
-    from ._shard import _is_dtensor
-
     if _is_dtensor(p):
         # The library works on the local shard; param_view refuses placements it cannot map to
         # one element range (raises NotImplementedError with what is supported).
