@@ -352,12 +352,6 @@ impl GradRows for F32s {
 }
 
 impl GradRows for Bf16s {
-    fn weights_in_place(dtype: Dtype, rounding: &dtype::Rounding) -> bool {
-        dtype == Dtype::Bf16 && matches!(rounding, dtype::Rounding::NearestEven)
-    }
-    fn as_f32<const R: usize>(_: [&[H8]; R]) -> Option<[&[F8]; R]> {
-        None
-    }
     #[inline(always)]
     fn row<'b>(source: &'b Source, row: usize, col0: usize, len: usize, _: &'b mut [f32; CHUNK]) -> &'b [H8] {
         debug_assert!(source.grad_in_place_bf16() && len % LANES == 0);
@@ -366,6 +360,12 @@ impl GradRows for Bf16s {
         // which nobody writes during the step; u16 and [u16; 8] need the same alignment.
         let halves = unsafe { std::slice::from_raw_parts(start, len) };
         halves.as_chunks::<LANES>().0
+    }
+    fn weights_in_place(dtype: Dtype, rounding: &dtype::Rounding) -> bool {
+        dtype == Dtype::Bf16 && matches!(rounding, dtype::Rounding::NearestEven)
+    }
+    fn as_f32<const R: usize>(_: [&[H8]; R]) -> Option<[&[F8]; R]> {
+        None
     }
 }
 
