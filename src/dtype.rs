@@ -179,22 +179,6 @@ mod tests {
     }
 
     #[test]
-    fn bf16_rounding_matches_the_half_crate() {
-        let mut state = 0x1234_5678_9abc_def0u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u32
-        };
-        let edges = [0u32, 0x8000_0000, 0x7f80_0000, 0xff80_0000, 0x7fc0_0000, 0x7f80_0001, 0xffff_ffff, 0x7f7f_ffff, 0x3f80_8000, 0x3f81_8000, 0x3f80_8001, 0x0000_8000, 0x0001_8000];
-        for bits in edges.into_iter().chain((0..200_000).map(|_| next())) {
-            let x = f32::from_bits(bits);
-            assert_eq!(bf16_nearest_bits(x), bf16::from_f32(x).to_bits(), "{bits:#010x}");
-        }
-    }
-
-    #[test]
     fn load_and_store_round_trip() {
         let vals = [1.0f32, -0.5, 3.25, 65504.0];
         for dtype in [Dtype::F32, Dtype::F16, Dtype::Bf16] {

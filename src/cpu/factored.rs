@@ -384,14 +384,16 @@ multiversion! {
         }
         // bf16 gradients are read in place by the kernels of rank = k (the default); other
         // shapes of the sketch convert rows into f32 copies.
+        macro_rules! in_place_bf16 {
+            ($($k:literal)*) => {
+                match source.k {
+                    $($k => return sketch_rows_fixed::<S, Bf16s, $k, true>(source, xgs, vtx, rows),)*
+                    _ => {}
+                }
+            };
+        }
         if S::PACKED_BF16 && source.grad_in_place_bf16() && source.rank == source.k {
-            match source.k {
-                1 => return sketch_rows_fixed::<S, Bf16s, 1, true>(source, xgs, vtx, rows),
-                2 => return sketch_rows_fixed::<S, Bf16s, 2, true>(source, xgs, vtx, rows),
-                4 => return sketch_rows_fixed::<S, Bf16s, 4, true>(source, xgs, vtx, rows),
-                8 => return sketch_rows_fixed::<S, Bf16s, 8, true>(source, xgs, vtx, rows),
-                _ => {}
-            }
+            in_place_bf16!(1 2 4 8);
         }
         fixed_width!(1 2 3 4 5 6 7 8)
     }
@@ -515,18 +517,17 @@ multiversion! {
         // by the kernels of the common ranks with rank = k; other cases convert rows into f32
         // copies.
         let weights_too = update.as_ref().is_none_or(|(_, dtype, scalars)| Bf16s::weights_in_place(*dtype, &scalars.rounding));
+        macro_rules! in_place_bf16 {
+            ($($rk:literal)*) => {
+                match (adamw, source.rank) {
+                    $((true, $rk) => return project_tile_rows::<S, Bf16s, true, $rk>(source, qs, col0, width, rows, update),)*
+                    $((false, $rk) => return project_tile_rows::<S, Bf16s, false, $rk>(source, qs, col0, width, rows, update),)*
+                    _ => {}
+                }
+            };
+        }
         if S::PACKED_BF16 && source.grad_in_place_bf16() && weights_too && source.rank == source.k {
-            match (adamw, source.rank) {
-                (true, 1) => return project_tile_rows::<S, Bf16s, true, 1>(source, qs, col0, width, rows, update),
-                (true, 2) => return project_tile_rows::<S, Bf16s, true, 2>(source, qs, col0, width, rows, update),
-                (true, 4) => return project_tile_rows::<S, Bf16s, true, 4>(source, qs, col0, width, rows, update),
-                (true, 8) => return project_tile_rows::<S, Bf16s, true, 8>(source, qs, col0, width, rows, update),
-                (false, 1) => return project_tile_rows::<S, Bf16s, false, 1>(source, qs, col0, width, rows, update),
-                (false, 2) => return project_tile_rows::<S, Bf16s, false, 2>(source, qs, col0, width, rows, update),
-                (false, 4) => return project_tile_rows::<S, Bf16s, false, 4>(source, qs, col0, width, rows, update),
-                (false, 8) => return project_tile_rows::<S, Bf16s, false, 8>(source, qs, col0, width, rows, update),
-                _ => {}
-            }
+            in_place_bf16!(1 2 4 8);
         }
         // Common ranks with rank = k get loops of known length (unrolled, no loop overhead).
         macro_rules! fixed_rank {

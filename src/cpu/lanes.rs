@@ -293,13 +293,16 @@ mod tests {
         assert_eq!(bits(all::<Portable>(a, b)), bits(all::<Avx>(a, b)));
     }
 
-    /// bf16 loads and stores: both implementations against the scalar conversions, on values
-    /// that round up, down and to even, overflow to infinity, and NaNs (signalling and quiet).
+    /// bf16 rounding (`bf16_nearest_bits`, and both implementations' loads and stores) against
+    /// the half crate, on values that round up, down and to even, overflow to infinity, NaNs
+    /// (signalling and quiet) and 200,000 random bit patterns.
     #[test]
-    fn bf16_loads_and_stores_match_the_scalar_conversions() {
-        let specials: [u32; 16] = [
+    fn bf16_loads_and_stores_match_the_half_crate() {
+        // Whole groups of eight: 24 special values, then random ones.
+        let specials: [u32; 24] = [
             0x3f80_8000, 0x3f81_8000, 0x3f80_7fff, 0x3f80_8001, 0x7f7f_ffff, 0xff7f_8000, 0x7f80_0000, 0x7f80_0001,
             0xffc0_0000, 0x7fbf_ffff, 0x0000_8000, 0x8001_8000, 0x0000_0000, 0x8000_0000, 0x0080_7fff, 0xc2f6_e979,
+            0xff80_0000, 0x7fc0_0000, 0xffff_ffff, 0x0001_8000, 0x0000_0001, 0x807f_ffff, 0x4040_8000, 0x4040_8001,
         ];
         let mut state = 0x2545_f491_4f6c_dd1du64;
         let mut random = || {
@@ -308,8 +311,12 @@ mod tests {
             state ^= state << 17;
             state as u32
         };
-        let values: Vec<f32> = specials.iter().map(|&b| f32::from_bits(b)).chain((0..4096).map(|_| f32::from_bits(random()))).collect();
+        let values: Vec<f32> = specials.iter().map(|&b| f32::from_bits(b)).chain((0..200_000).map(|_| f32::from_bits(random()))).collect();
+        for &x in &values {
+            assert_eq!(bf16_nearest_bits(x), half::bf16::from_f32(x).to_bits(), "{:#010x}", x.to_bits());
+        }
         fn round_trip<S: Lanes>(values: &[f32]) -> (Vec<u16>, Vec<u32>) {
+            assert_eq!(values.len() % 8, 0, "whole groups");
             let mut stored = Vec::new();
             let mut loaded = Vec::new();
             for chunk in values.chunks_exact(8) {
