@@ -183,7 +183,7 @@ def run_case(c, m, n, args):
     gc.collect()
     return dict(c, m=m, n=n, reps=reps, ms=1e3 * statistics.median(ts), ms_min=1e3 * min(ts),
                 first_step_ms=1e3 * (t1 - t0), state_bytes=sb, rss_growth=mon.peak - rss0,
-                finite=finite)
+                rss_method=mon.method, finite=finite)
 
 
 def cases_for(shape_is_large, fused_f32, fused_bf16, args):
