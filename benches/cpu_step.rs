@@ -3,8 +3,8 @@
 //!
 //! Options (environment): MLORC_BENCH_SHAPES="1024x1024,4096x4096,4096x11008",
 //! MLORC_BENCH_REPS (timed steps per case, default 7), MLORC_BENCH_ONLY=dense|q0|q1 (one case,
-//! for profiling), MLORC_BENCH_DTYPE=bf16 (bf16 param and grad instead of f32),
-//! MLORC_NUM_THREADS.
+//! for profiling), MLORC_BENCH_RANK (MLorc's rank, default 4), MLORC_BENCH_DTYPE=bf16 (bf16
+//! param and grad instead of f32), MLORC_NUM_THREADS.
 
 use std::time::Instant;
 
@@ -97,7 +97,8 @@ fn main() {
         let (m, n) = shape.split_once('x').expect("shape as MxN");
         let (m, n): (usize, usize) = (m.trim().parse().unwrap(), n.trim().parse().unwrap());
         let dense = Config { layout: LayoutRequest::Dense, ..Config::defaults(Algorithm::AdamW) };
-        let q0 = Config { layout: LayoutRequest::Factored, ..Config::defaults(Algorithm::AdamW) };
+        let rank = std::env::var("MLORC_BENCH_RANK").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
+        let q0 = Config { layout: LayoutRequest::Factored, rank, ..Config::defaults(Algorithm::AdamW) };
         let q1 = Config { power_iters: 1, ..q0 };
         let only = std::env::var("MLORC_BENCH_ONLY").unwrap_or_default();
         let run = |name: &str, config: &Config| {

@@ -244,10 +244,10 @@ impl FactoredPasses for CpuFactored<'_> {
             let (t, span) = (piece / spans, piece % spans);
             let col0 = t * width;
             let len = width.min(n - col0);
-            let tile_groups = tile::groups(len);
+            let stride = accumulator_stride(len);
             for (mo, w) in self.work.iter_mut().enumerate() {
                 for l in 0..k {
-                    let src = &acc[(mo * k + l) * tile_groups..(mo * k + l + 1) * tile_groups];
+                    let src = &acc[(mo * k + l) * stride..(mo * k + l) * stride + tile::groups(len)];
                     for j in 0..len {
                         let dst = &mut w.bt[(col0 + j) * k + l];
                         let x = src[j / LANES][j % LANES];
@@ -395,7 +395,7 @@ multiversion! {
         if S::PACKED_BF16 && source.grad_in_place_bf16() && source.rank == source.k {
             in_place_bf16!(1 2 4 8);
         }
-        fixed_width!(1 2 3 4 5 6 7 8)
+        fixed_width!(1 2 3 4 5 6 7 8 16)
     }
 }
 
@@ -501,8 +501,16 @@ fn row_spans(rows: usize, cols: usize) -> usize {
 /// Rows the projection pass handles together.
 const PROJECT_ROWS: usize = 4;
 
+/// Groups between consecutive rows of a column tile's Bᵀ accumulators: the tile's groups and
+/// one cache line more. Every column group updates 2k of these rows; a whole number of KiB
+/// apart (1024 columns: 4 KiB) they would all fall into one L1 set and evict each other.
+fn accumulator_stride(width: usize) -> usize {
+    tile::groups(width) + 64 / std::mem::size_of::<F8>()
+}
+
 multiversion! {
     /// Bᵀ of the column tile `col0 .. col0 + width` over `rows`, all moments: [moment][l][group],
+    /// rows `accumulator_stride(width)` groups apart,
     /// and the weight update of the tile's columns when `update` is given.
     fn project_tile<S>(
         source: &Source,
@@ -540,7 +548,7 @@ multiversion! {
                 }
             };
         }
-        fixed_rank!(1 2 4 8)
+        fixed_rank!(1 2 4 8 16)
     }
 }
 
@@ -555,7 +563,7 @@ fn project_tile_rows<S: Lanes, G: GradRows, const ADAMW: bool, const RK: usize>(
     rows: std::ops::Range<usize>,
     update: Option<(SharedPtr<u8>, Dtype, StepScalars)>,
 ) -> Vec<F8> {
-    let mut acc = vec![tile::ZERO; source.moments.len() * source.k * tile::groups(width)];
+    let mut acc = vec![tile::ZERO; source.moments.len() * source.k * accumulator_stride(width)];
     let mut scratch = RowScratch::<PROJECT_ROWS>::new();
     let full = rows.end - rows.len() % PROJECT_ROWS;
     for row0 in (rows.start..full).step_by(PROJECT_ROWS) {
@@ -611,7 +619,7 @@ fn project_block<S: Lanes, G: GradRows, const R: usize, const ADAMW: bool, const
 ) {
     let n = source.cols;
     let (rank, k) = if RK > 0 { (RK, RK) } else { (source.rank, source.k) };
-    let tile_groups = tile::groups(width);
+    let bstride = accumulator_stride(width);
     for chunk0 in (col0..col0 + width).step_by(CHUNK) {
         let len = CHUNK.min(col0 + width - chunk0);
         let padded = tile::groups(len) * LANES;
@@ -626,13 +634,13 @@ fn project_block<S: Lanes, G: GradRows, const R: usize, const ADAMW: bool, const
         let grads = rows;
         let bacc = &mut acc[gi0..];
         match update {
-            None => tile::project_rows::<S, G, G, R, ADAMW, RK>(source.moments, qs, rank, k, row0, group0, &grads, bacc, tile_groups, None),
+            None => tile::project_rows::<S, G, G, R, ADAMW, RK>(source.moments, qs, rank, k, row0, group0, &grads, bacc, bstride, None),
             // Weights of the gradient's packing (f32; bf16 rounded to nearest) are updated
             // where they are.
             Some((param, dtype, scalars)) if len % LANES == 0 && G::weights_in_place(dtype, &scalars.rounding) => {
                 // SAFETY: the parameter's dtype is G's (weights_in_place); see weight_rows.
                 let mut ws = unsafe { weight_rows::<G::Group, R>(param, row0, n, chunk0, len) };
-                tile::project_rows::<S, G, G, R, ADAMW, RK>(source.moments, qs, rank, k, row0, group0, &grads, bacc, tile_groups, Some((&scalars, &mut ws)));
+                tile::project_rows::<S, G, G, R, ADAMW, RK>(source.moments, qs, rank, k, row0, group0, &grads, bacc, bstride, Some((&scalars, &mut ws)));
             }
             // Other weights through an f32 copy, with f32 gradient rows (project_tile reads
             // bf16 gradients in place only when the weights are bf16 rounded to nearest).
@@ -648,7 +656,7 @@ fn project_block<S: Lanes, G: GradRows, const R: usize, const ADAMW: bool, const
                     let mut it = weights.iter_mut();
                     std::array::from_fn(|_| tile::as_groups_mut(&mut it.next().unwrap()[..padded]))
                 };
-                tile::project_rows::<S, F32s, F32s, R, ADAMW, RK>(source.moments, qs, rank, k, row0, group0, &grads, bacc, tile_groups, Some((&scalars, &mut ws)));
+                tile::project_rows::<S, F32s, F32s, R, ADAMW, RK>(source.moments, qs, rank, k, row0, group0, &grads, bacc, bstride, Some((&scalars, &mut ws)));
                 for (r, w) in weights.iter().enumerate() {
                     unsafe { dtype::store(param.get(), dtype, (row0 + r) * n + chunk0, &w[..len], scalars.rounding) };
                 }
@@ -665,6 +673,7 @@ multiversion! {
             2 => negatives_rows_fixed::<S, 2>(terms, rank, groups, rows),
             4 => negatives_rows_fixed::<S, 4>(terms, rank, groups, rows),
             8 => negatives_rows_fixed::<S, 8>(terms, rank, groups, rows),
+            16 => negatives_rows_fixed::<S, 16>(terms, rank, groups, rows),
             _ => negatives_rows_fixed::<S, 0>(terms, rank, groups, rows),
         }
     }
