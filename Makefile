@@ -119,7 +119,8 @@ bench:
 	$(CARGO) bench --bench cpu_step
 
 # The projection and sketch kernels alone, one thread, with their data in L1, L3 and DRAM, and
-# the projection pass's memory traffic without its arithmetic (BENCHMARKS.md, section 1).
+# the projection pass's memory traffic without its arithmetic, and the per-step small work
+# (orthonormalization, truncated SVD, Ω) (BENCHMARKS.md, section 1).
 KERNELS := benches/kernels/target/release
 bench-kernels:
 	$(CARGO) build --release --manifest-path benches/kernels/Cargo.toml
@@ -129,6 +130,7 @@ bench-kernels:
 	$(KERNELS)/pass 4096 4096 2048
 	$(KERNELS)/pass 4096 4096 2048 0
 	$(KERNELS)/pattern 4096 4096 2048
+	$(KERNELS)/small
 
 # Evidence against the alternatives (PyTorch, CPU): step time and memory, fine-tuning quality.
 bench-speed: build

@@ -41,8 +41,19 @@ pub fn orthonormalize_columns(a: &mut [f32], rows: usize, k: usize) {
     }
 }
 
+/// Σ a·b with four partial sums in a fixed order: the loop vectorizes instead of waiting on
+/// one chain of adds, and the result does not depend on anything but the inputs.
 fn dot(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    let (a4, a_tail) = a.as_chunks::<4>();
+    let (b4, b_tail) = b.as_chunks::<4>();
+    let mut partial = [0f64; 4];
+    for (x, y) in a4.iter().zip(b4) {
+        for t in 0..4 {
+            partial[t] += x[t] * y[t];
+        }
+    }
+    let tail: f64 = a_tail.iter().zip(b_tail).map(|(x, y)| x * y).sum();
+    (partial[0] + partial[1]) + (partial[2] + partial[3]) + tail
 }
 
 fn norm(a: &[f64]) -> f64 {
@@ -130,21 +141,8 @@ pub fn truncated_svd(
     s: &mut [f32],
     v: &mut [f32],
 ) {
-    let mut gram = vec![0f64; k * k];
-    for j in 0..n {
-        let row = &bt[j * k..(j + 1) * k];
-        for a in 0..k {
-            let x = row[a] as f64;
-            for b in a..k {
-                gram[a * k + b] += x * row[b] as f64;
-            }
-        }
-    }
-    for a in 0..k {
-        for b in 0..a {
-            gram[a * k + b] = gram[b * k + a];
-        }
-    }
+    debug_assert!(q.len() == m * k && bt.len() == n * k && u.len() == m * r && v.len() == n * r);
+    let gram = gram_matrix(bt, k);
     let (values, vectors) = symmetric_eigen(&gram, k);
     let top = values.first().copied().unwrap_or(0.0).max(0.0).sqrt();
     let sigma: Vec<f64> = (0..r)
@@ -160,24 +158,103 @@ pub fn truncated_svd(
     for (dst, sl) in s.iter_mut().zip(&sigma) {
         *dst = *sl as f32;
     }
-    for i in 0..m {
-        let qi = &q[i * k..(i + 1) * k];
+    // U = Q·Ŵ and V = Bᵀ·Ŵ·Σ⁻¹, through k×r coefficient matrices (zero columns where σ = 0).
+    let mut to_u = vec![0f64; k * r];
+    let mut to_v = vec![0f64; k * r];
+    for p in 0..k {
         for l in 0..r {
-            u[i * r + l] = if sigma[l] > 0.0 {
-                (0..k).map(|p| qi[p] as f64 * vectors[p * k + l]).sum::<f64>() as f32
-            } else {
-                0.0
-            };
+            if sigma[l] > 0.0 {
+                to_u[p * r + l] = vectors[p * k + l];
+                to_v[p * r + l] = vectors[p * k + l] / sigma[l];
+            }
         }
     }
-    for j in 0..n {
-        let bj = &bt[j * k..(j + 1) * k];
-        for l in 0..r {
-            v[j * r + l] = if sigma[l] > 0.0 {
-                ((0..k).map(|p| bj[p] as f64 * vectors[p * k + l]).sum::<f64>() / sigma[l]) as f32
-            } else {
-                0.0
-            };
+    rows_times(q, k, &to_u, r, u);
+    rows_times(bt, k, &to_v, r, v);
+}
+
+/// The k×k Gram matrix Σ_j b_j·b_jᵀ of the rows b_j of the row-major f32 matrix `bt`, in f64.
+fn gram_matrix(bt: &[f32], k: usize) -> Vec<f64> {
+    // Sums kept in locals across rows (for the common widths), not read back from memory.
+    fn fixed<const K: usize>(bt: &[f32]) -> Vec<f64> {
+        let mut g = [[0f64; K]; K];
+        for row in bt.chunks_exact(K) {
+            let x: [f64; K] = std::array::from_fn(|a| row[a] as f64);
+            for a in 0..K {
+                for b in a..K {
+                    g[a][b] += x[a] * x[b];
+                }
+            }
+        }
+        let mut out = vec![0f64; K * K];
+        for a in 0..K {
+            for b in a..K {
+                out[a * K + b] = g[a][b];
+                out[b * K + a] = g[a][b];
+            }
+        }
+        out
+    }
+    match k {
+        1 => fixed::<1>(bt),
+        2 => fixed::<2>(bt),
+        4 => fixed::<4>(bt),
+        8 => fixed::<8>(bt),
+        _ => {
+            let mut gram = vec![0f64; k * k];
+            for row in bt.chunks_exact(k) {
+                for a in 0..k {
+                    let x = row[a] as f64;
+                    for b in a..k {
+                        gram[a * k + b] += x * row[b] as f64;
+                    }
+                }
+            }
+            for a in 0..k {
+                for b in 0..a {
+                    gram[a * k + b] = gram[b * k + a];
+                }
+            }
+            gram
+        }
+    }
+}
+
+/// out = x·w for the row-major rows×k f32 `x` and k×r f64 `w`, summed in f64, rounded to f32.
+fn rows_times(x: &[f32], k: usize, w: &[f64], r: usize, out: &mut [f32]) {
+    fn fixed<const K: usize, const R: usize>(x: &[f32], w: &[f64], out: &mut [f32]) {
+        let w: [[f64; R]; K] = std::array::from_fn(|p| std::array::from_fn(|l| w[p * R + l]));
+        for (xi, oi) in x.chunks_exact(K).zip(out.chunks_exact_mut(R)) {
+            let mut acc = [0f64; R];
+            for p in 0..K {
+                let xp = xi[p] as f64;
+                for l in 0..R {
+                    acc[l] += xp * w[p][l];
+                }
+            }
+            for l in 0..R {
+                oi[l] = acc[l] as f32;
+            }
+        }
+    }
+    match (k, r) {
+        (1, 1) => fixed::<1, 1>(x, w, out),
+        (2, 2) => fixed::<2, 2>(x, w, out),
+        (4, 4) => fixed::<4, 4>(x, w, out),
+        (8, 8) => fixed::<8, 8>(x, w, out),
+        _ => {
+            let mut acc = vec![0f64; r];
+            for (xi, oi) in x.chunks_exact(k).zip(out.chunks_exact_mut(r)) {
+                acc.fill(0.0);
+                for (p, &xp) in xi.iter().enumerate() {
+                    for (a, &wl) in acc.iter_mut().zip(&w[p * r..(p + 1) * r]) {
+                        *a += xp as f64 * wl;
+                    }
+                }
+                for (o, a) in oi.iter_mut().zip(&acc) {
+                    *o = *a as f32;
+                }
+            }
         }
     }
 }
@@ -211,6 +288,55 @@ mod tests {
         let mut zeros = vec![0f32; rows * k];
         orthonormalize_columns(&mut zeros, rows, k);
         assert!(zeros.iter().all(|&x| x == 0.0));
+    }
+
+    /// U·diag(S)·Vᵀ from Q (orthonormal) and Bᵀ is the best rank-r approximation of Q·B:
+    /// orthonormal kept columns, S descending, and ‖QB − USVᵀ‖² = ‖QB‖² − Σ s² (nothing lost
+    /// at r = k); directions Bᵀ lacks come out as zero columns. Widths with and without the
+    /// fixed-size paths (k = 4, r = k) and r < k.
+    #[test]
+    fn truncated_svd_is_the_best_rank_r_factorization() {
+        for (m, n, k, r, deficient) in [(37, 53, 4, 4, false), (37, 53, 4, 2, false), (20, 70, 3, 3, false), (40, 30, 4, 4, true)] {
+            let mut seed = (m * n + k + r) as u64;
+            let mut q: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed) as f32).collect();
+            orthonormalize_columns(&mut q, m, k);
+            let mut bt: Vec<f32> = (0..n * k).map(|_| lcg(&mut seed) as f32).collect();
+            if deficient {
+                // Column 2 of Bᵀ = column 0: B has rank k − 1.
+                for j in 0..n {
+                    bt[j * k + 2] = bt[j * k];
+                }
+            }
+            let (mut u, mut sv, mut v) = (vec![f32::NAN; m * r], vec![f32::NAN; r], vec![f32::NAN; n * r]);
+            truncated_svd(&q, &bt, m, n, k, r, &mut u, &mut sv, &mut v);
+            assert!(u.iter().chain(&sv).chain(&v).all(|x| x.is_finite()), "{m}x{n} k={k} r={r}");
+            assert!(sv.windows(2).all(|w| w[0] >= w[1]) && sv.iter().all(|&x| x >= 0.0));
+            let kept: Vec<usize> = (0..r).filter(|&l| sv[l] > 0.0).collect();
+            assert_eq!(kept.len(), if deficient { k - 1 } else { r });
+            for (factor, rows) in [(&u, m), (&v, n)] {
+                for a in 0..r {
+                    for b in 0..r {
+                        let d: f64 = (0..rows).map(|i| factor[i * r + a] as f64 * factor[i * r + b] as f64).sum();
+                        let expect = if a == b && kept.contains(&a) { 1.0 } else { 0.0 };
+                        assert!((d - expect).abs() < 1e-5, "{m}x{n} k={k} r={r}: ({a},{b}) {d}");
+                    }
+                }
+            }
+            let (mut total, mut residual) = (0f64, 0f64);
+            for i in 0..m {
+                for j in 0..n {
+                    let a: f64 = (0..k).map(|p| q[i * k + p] as f64 * bt[j * k + p] as f64).sum();
+                    let approx: f64 = (0..r).map(|l| u[i * r + l] as f64 * sv[l] as f64 * v[j * r + l] as f64).sum();
+                    total += a * a;
+                    residual += (a - approx) * (a - approx);
+                }
+            }
+            let kept_energy: f64 = sv.iter().map(|&x| x as f64 * x as f64).sum();
+            assert!((residual - (total - kept_energy)).abs() < 1e-5 * total, "{m}x{n} k={k} r={r}: {residual} vs {}", total - kept_energy);
+            if r == k {
+                assert!(residual < 1e-10 * total, "{m}x{n} k={k}: rank k loses {residual} of {total}");
+            }
+        }
     }
 
     #[test]

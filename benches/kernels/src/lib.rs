@@ -38,6 +38,12 @@ pub mod cpu {
     pub mod tile;
 }
 
+/// The small factorizations and Ω of every step (src/linalg.rs, src/rng.rs, as they are).
+#[path = "../../../src/linalg.rs"]
+pub mod linalg;
+#[path = "../../../src/rng.rs"]
+pub mod rng;
+
 /// xorshift uniforms in [-0.5, 0.5).
 pub struct Rng(pub u64);
 
@@ -69,3 +75,4 @@ pub fn time(runs: usize, mut f: impl FnMut()) -> (f64, f64) {
 pub mod pass;
 pub mod pattern;
 pub mod sketch;
+pub mod small;

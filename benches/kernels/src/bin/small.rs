@@ -1,0 +1,3 @@
+fn main() {
+    mlorc_kernel_bench::small::main()
+}
