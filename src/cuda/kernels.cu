@@ -116,12 +116,66 @@ __device__ __forceinline__ void philox_draw(u64 index, u64 step, u32 stream, u64
     philox4x32_10(out, (u32)seed, (u32)(seed >> 32));
 }
 
+// Box–Muller exactly as src/rng.rs computes it (same constants, same operations in the same
+// order; --fmad=false keeps every product and sum rounded on its own), so both backends draw
+// the same bits of Omega.
+__device__ const double SIN_COEFFS[9] = {
+    1.0, -0.16666666666666666, 0.008333333333333333, -0.0001984126984126984, 2.7557319223985893e-06,
+    -2.505210838544172e-08, 1.6059043836821613e-10, -7.647163731819816e-13, 2.8114572543455206e-15};
+__device__ const double COS_COEFFS[10] = {
+    1.0, -0.5, 0.041666666666666664, -0.001388888888888889, 2.48015873015873e-05, -2.755731922398589e-07,
+    2.08767569878681e-09, -1.1470745597729725e-11, 4.779477332387385e-14, -1.5619206968586225e-16};
+__device__ const double ATANH_COEFFS[12] = {
+    1.0, 0.3333333333333333, 0.2, 0.14285714285714285, 0.1111111111111111, 0.09090909090909091,
+    0.07692307692307693, 0.06666666666666667, 0.058823529411764705, 0.05263157894736842,
+    0.047619047619047616, 0.043478260869565216};
+#define OCTANT_STEP 1.4629180792671596e-09
+#define LN2_HI 0.6931471803691238
+#define LN2_LO 1.9082149292705877e-10
+
+// sin and cos of 2*pi*b/2^32: the octant and the angle inside it from b's bits, then a
+// polynomial on [0, pi/4] (src/rng.rs, sin_cos_turn).
+__device__ __forceinline__ void sin_cos_turn(u32 b, double* s, double* c) {
+    u32 octant = b >> 29;
+    u32 inside = b & ((1u << 29) - 1u);
+    u32 steps = (octant & 1u) ? (1u << 29) - inside : inside;
+    double x = (double)steps * OCTANT_STEP;
+    double x2 = x * x;
+    double sn = SIN_COEFFS[8];
+    for (int i = 7; i >= 0; --i) sn = sn * x2 + SIN_COEFFS[i];
+    sn = sn * x;
+    double cs = COS_COEFFS[9];
+    for (int i = 8; i >= 0; --i) cs = cs * x2 + COS_COEFFS[i];
+    bool swap = ((octant + 1u) & 2u) != 0u;
+    double ss = swap ? cs : sn;
+    double cc = swap ? sn : cs;
+    *s = (octant & 4u) ? -ss : ss;
+    *c = ((octant + 2u) & 4u) ? -cc : cc;
+}
+
+// ln((a + 1)/2^32) through a + 1 = 2^e * m, m in [sqrt(1/2), sqrt(2)] (src/rng.rs, ln_unit).
+__device__ __forceinline__ double ln_unit(u32 a) {
+    double x = (double)a + 1.0;
+    u64 bits = (u64)__double_as_longlong(x);
+    long long e = (long long)(bits >> 52) - 1023;
+    double m = __longlong_as_double((long long)((bits & ((1ull << 52) - 1ull)) | (1023ull << 52)));
+    if (m > 1.4142135623730951) {
+        m *= 0.5;
+        e += 1;
+    }
+    double s = (m - 1.0) / (m + 1.0);
+    double s2 = s * s;
+    double series = ATANH_COEFFS[11];
+    for (int i = 10; i >= 0; --i) series = series * s2 + ATANH_COEFFS[i];
+    double ln_m = 2.0 * s * series;
+    double k = (double)(e - 32);
+    return k * LN2_HI + (k * LN2_LO + ln_m);
+}
+
 __device__ __forceinline__ void box_muller(u32 a, u32 b, double* z0, double* z1) {
-    double u1 = ((double)a + 1.0) * (1.0 / 4294967296.0);
-    double u2 = (double)b * (1.0 / 4294967296.0);
-    double radius = sqrt(-2.0 * log(u1));
+    double radius = sqrt(-2.0 * ln_unit(a));
     double s, c;
-    sincos(6.283185307179586 * u2, &s, &c);
+    sin_cos_turn(b, &s, &c);
     *z0 = radius * c;
     *z1 = radius * s;
 }
