@@ -811,8 +811,8 @@ extern "C" __global__ void __launch_bounds__(ORTH_THREADS) mlorc_gram_eigen(cons
     }
 }
 
-// New factors: u[i][l] = sum_p Q[i][p] vecs[p][l], v[j][l] = (sum_p B^T[j][p] vecs[p][l]) / sigma[l]
-// (zero where sigma is 0). One thread per output element of every moment.
+// New factors: u[i][l] = sum_p Q[i][p] vecs[p][l], v[j][l] = sum_p B^T[j][p] (vecs[p][l] / sigma[l])
+// (zero where sigma is 0), as linalg::truncated_svd. One thread per output element of every moment.
 extern "C" __global__ void mlorc_compose(const Ctrl* c, Ptrs p) {
     if (c->skip) return;
     const u32 m = p.m, n = p.n, r = p.r, k = p.k;
@@ -834,8 +834,8 @@ extern "C" __global__ void mlorc_compose(const Ctrl* c, Ptrs p) {
             u32 j = row - m;
             double acc = 0.0;
             if (sl > 0.0)
-                for (u32 q = 0; q < k; ++q) acc += (double)p.bt[mo][(u64)q * n + j] * vecs[q * k + l];
-            p.v[mo][(u64)j * r + l] = sl > 0.0 ? (float)(acc / sl) : 0.0f;
+                for (u32 q = 0; q < k; ++q) acc += (double)p.bt[mo][(u64)q * n + j] * (vecs[q * k + l] / sl);
+            p.v[mo][(u64)j * r + l] = sl > 0.0 ? (float)acc : 0.0f;
         }
     }
 }
