@@ -26,3 +26,10 @@ pub use state::{State, StepOptions};
 pub fn run_on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     cpu::run(f)
 }
+
+/// The build of the CPU kernels that runs, and a process-wide cap on it (tests and benchmarks
+/// compare the builds; all give the same bits). `MLORC_CPU_KERNELS=portable|avx2` caps it too.
+#[doc(hidden)]
+pub mod cpu_kernels {
+    pub use crate::cpu::isa::{active, limit, CpuKernels};
+}

@@ -202,8 +202,8 @@ pub fn fill_omega_transposed(
 pub fn fill_omega_columns(seed: u64, step: u64, stream: Stream, l: usize, first: usize, out: &mut [f32]) {
     debug_assert!(first % 4 == 0);
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2.
+    if crate::cpu::isa::active() >= crate::cpu::isa::CpuKernels::Avx2 {
+        // SAFETY: the CPU has AVX2 (`active` names no build it lacks).
         return unsafe { fill_omega_columns_avx2(seed, step, stream, l, first, out) };
     }
     fill_omega_columns_with(seed, step, stream, l, first, out)

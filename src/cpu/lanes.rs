@@ -160,19 +160,13 @@ mod avx {
     use super::{Lanes, F8, H8};
     use std::arch::x86_64::*;
 
-    /// One AVX register. Only `avx_if_available` makes one, after checking the CPU, and its
-    /// methods are only reached from functions compiled with AVX2 enabled.
+    /// One AVX register. Its methods are only reached from functions compiled with AVX2
+    /// enabled, which run only where the CPU has it (`isa::active`).
     #[derive(Clone, Copy)]
     pub struct Avx(());
 
-    impl Avx {
-        pub fn if_available() -> Option<Avx> {
-            super::super::tile::has_avx2().then_some(Avx(()))
-        }
-    }
-
-    // SAFETY (every method): an `Avx` value exists only on CPUs with AVX2 (see `if_available`);
-    // the intrinsics touch registers and the given arrays only.
+    // SAFETY (every method): reached only on CPUs with AVX2 (see above); the intrinsics touch
+    // registers and the given arrays only.
     impl Lanes for Avx {
         type V = __m256;
         const PACKED_BF16: bool = true;
@@ -272,7 +266,9 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx_and_portable_agree_bitwise() {
-        let Some(_) = Avx::if_available() else { return };
+        if crate::cpu::isa::CpuKernels::supported() < crate::cpu::isa::CpuKernels::Avx2 {
+            return;
+        }
         let a: F8 = [1.5, -2.25, 0.0, -0.0, 3.0e-38, -7.0, f32::INFINITY, 1e30];
         let b: F8 = [0.1, 3.0, -1.0, 2.0, 5.0, -0.5, 2.0, 1e-30];
         fn all<S: Lanes>(a: F8, b: F8) -> Vec<F8> {
@@ -332,7 +328,7 @@ mod tests {
         let portable = round_trip::<Portable>(&values);
         assert_eq!(portable, (expected.clone(), widened.clone()));
         #[cfg(target_arch = "x86_64")]
-        if Avx::if_available().is_some() {
+        if crate::cpu::isa::CpuKernels::supported() >= crate::cpu::isa::CpuKernels::Avx2 {
             // SAFETY: the CPU has AVX2 (checked above).
             assert_eq!(unsafe { avx_round_trip(&values) }, (expected, widened));
         }

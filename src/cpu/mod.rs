@@ -5,6 +5,7 @@
 
 mod dense;
 mod factored;
+pub(crate) mod isa;
 mod segment;
 pub(crate) mod lanes;
 pub(crate) mod tile;

@@ -455,17 +455,9 @@ pub fn as_groups_mut(data: &mut [f32]) -> &mut [F8] {
     groups
 }
 
-/// Whether the AVX2 build of the kernels can run here (checked once).
-#[cfg(target_arch = "x86_64")]
-pub fn has_avx2() -> bool {
-    use once_cell::sync::Lazy;
-    static AVX2: Lazy<bool> = Lazy::new(|| std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"));
-    *AVX2
-}
-
-/// Defines `$name` that runs `$body` (generic over `S: Lanes`) with `S = Avx` inside a function
-/// compiled for AVX2 when the CPU has it, and with `S = Portable` otherwise. Both give the same
-/// bits.
+/// Defines `$name` that runs `$body` (generic over `S: Lanes`) in the build `isa::active`
+/// names: `S = Avx` inside a function compiled for AVX2 (with or without AVX-512VL's
+/// registers), or `S = Portable`. All give the same bits.
 macro_rules! multiversion {
     ($(#[$meta:meta])* $vis:vis fn $name:ident<$s:ident>($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*
@@ -474,11 +466,15 @@ macro_rules! multiversion {
             fn body<$s: $crate::cpu::lanes::Lanes>($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
+                unsafe fn avx512vl($($arg: $ty),*) $(-> $ret)? { body::<$crate::cpu::lanes::Avx>($($arg),*) }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { body::<$crate::cpu::lanes::Avx>($($arg),*) }
-                if $crate::cpu::lanes::Avx::if_available().is_some() {
-                    // SAFETY: the CPU supports AVX2 (checked at run time).
-                    return unsafe { avx2($($arg),*) };
+                match $crate::cpu::isa::active() {
+                    // SAFETY: `active` never names a build the CPU does not support.
+                    $crate::cpu::isa::CpuKernels::Avx512Vl => return unsafe { avx512vl($($arg),*) },
+                    $crate::cpu::isa::CpuKernels::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::cpu::isa::CpuKernels::Portable => {}
                 }
             }
             body::<$crate::cpu::lanes::Portable>($($arg),*)

@@ -1,4 +1,4 @@
-//! The CPU pass kernels of the library (src/cpu/tile.rs and lanes.rs, included as they are),
+//! The CPU pass kernels of the library (src/cpu/tile.rs, lanes.rs and isa.rs, included as they are),
 //! with the one type of the step they read, so a binary can time a kernel on its own.
 #![allow(dead_code)]
 
@@ -34,6 +34,7 @@ pub mod step {
 
 #[path = "../../../src/cpu"]
 pub mod cpu {
+    pub mod isa;
     pub mod lanes;
     pub mod tile;
 }
