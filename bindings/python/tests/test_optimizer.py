@@ -531,3 +531,36 @@ def test_deepcopy_and_pickle():
     assert torch.equal(p, q)  # the copy continues exactly like the original
     restored = pickle.loads(pickle.dumps(opt))
     assert restored.state_bytes() == opt.state_bytes()
+
+
+def test_step_counts_of_a_batch_follow_changes_by_hand():
+    """state['step'] is the library's count after each one-call step of many parameters, and a
+    count changed by hand (in place, or as a new tensor) is the one the next step uses, with or
+    without a found_inf tensor (= 0) in the step: the same weights either way."""
+    params = _params((24, 16), (16, 24), (40,), seed=3)
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    opt = mt.MLorcAdamW(params, lr=1e-2)
+    twin_opt = mt.MLorcAdamW(twins, lr=1e-2)
+    gen = torch.Generator().manual_seed(4)
+
+    def step_both():
+        for p, q in zip(params, twins):
+            p.grad = torch.randn(p.shape, generator=gen)
+            q.grad = p.grad.clone()
+        opt.step()
+        twin_opt.found_inf = torch.tensor(0.0)
+        twin_opt.step()
+
+    for _ in range(2):
+        step_both()
+    assert [opt.state[p]["step"].item() for p in params] == [2, 2, 2]
+    for o, ps in ((opt, params), (twin_opt, twins)):
+        o.state[ps[0]]["step"].fill_(10.0)
+        o.state[ps[1]]["step"] = torch.tensor(20.0)
+    step_both()
+    step_both()
+    for o, ps in ((opt, params), (twin_opt, twins)):
+        assert [o.state[p]["step"].item() for p in ps] == [12, 22, 4]
+        assert [_capi.state_step_count(o._mlorc_handles[id(p)].ptr) for p in ps] == [12, 22, 4]
+    for p, q in zip(params, twins):
+        assert torch.equal(p, q)
