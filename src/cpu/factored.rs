@@ -414,6 +414,10 @@ fn sketch_rows_fixed<S: Lanes, G: GradRows, const K: usize, const RANK_IS_K: boo
     let rank = if RANK_IS_K { K } else { source.rank };
     let moments = source.moments.len();
     debug_assert!(rows.len() <= ROW_BLOCK && moments <= 2);
+    #[cfg(target_arch = "x86_64")]
+    if S::WIDE && G::F32 && RANK_IS_K && moments == 2 {
+        return sketch_rows_wide::<S, K>(source, xgs, vtx, rows);
+    }
     let mut accs = [[[S::zero(); K]; 2]; ROW_BLOCK];
     let mut grad = [0f32; CHUNK];
     for col0 in (0..n).step_by(CHUNK) {
@@ -450,6 +454,50 @@ fn sketch_rows_fixed<S: Lanes, G: GradRows, const K: usize, const RANK_IS_K: boo
             for l in 0..K {
                 let sum = tile::sum_lanes(&S::to_array(acc[mo][l]));
                 out[(ri * moments + mo) * K + l] = if mo == 0 { first_moment_sketch(terms, vtx, source.rank, K, i, l, sum) } else { sum };
+            }
+        }
+    }
+    out
+}
+
+/// `sketch_rows_fixed` for AdamW with rank = k = K and f32 gradient rows on CPUs with
+/// AVX-512: the rows of the block two at a time in sixteen lanes (`wide::sketch_chunk_both_pair`;
+/// a lone last row is paired with itself), the same bits.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn sketch_rows_wide<S: Lanes, const K: usize>(source: &Source, xgs: &[&[F8]], vtx: &[f32], rows: std::ops::Range<usize>) -> Vec<f32> {
+    let n = source.cols;
+    let groups = tile::groups(n);
+    // The bounds `sketch_chunk_both_pair` relies on.
+    assert!(source.moments.len() == 2 && xgs.len() == 2);
+    assert!(xgs.iter().all(|x| x.len() >= groups * K) && source.moments[1].vg.len() >= groups * K);
+    let mut accs = [[[[0f32; 16]; K]; 2]; ROW_BLOCK / 2];
+    let mut scratch = [[0f32; CHUNK]; 2];
+    for col0 in (0..n).step_by(CHUNK) {
+        let len = CHUNK.min(n - col0);
+        for (p, acc) in accs.iter_mut().enumerate().take(rows.len().div_ceil(2)) {
+            let a = rows.start + 2 * p;
+            let b = (a + 1).min(rows.end - 1);
+            let next = col0 + CHUNK;
+            if next < n {
+                source.prefetch_grad::<S>(a, next, CHUNK.min(n - next));
+                source.prefetch_grad::<S>(b, next, CHUNK.min(n - next));
+            }
+            let [sa, sb] = &mut scratch;
+            let grads = [source.load_grad(a, col0, len, sa), source.load_grad(b, col0, len, sb)];
+            // SAFETY: S::WIDE holds only in the build that runs on CPUs with AVX-512F
+            // (isa::active); both rows' chunks have the same groups; bounds asserted above.
+            unsafe { super::wide::sketch_chunk_both_pair::<K>(&source.moments[1], xgs[0], xgs[1], [a, b], col0 / LANES, grads, acc) };
+        }
+    }
+    let mut out = vec![0f32; rows.len() * 2 * K];
+    for (ri, i) in rows.enumerate() {
+        let (acc, half) = (&accs[ri / 2], ri % 2 * LANES);
+        for (mo, terms) in source.moments.iter().enumerate() {
+            for l in 0..K {
+                let lanes: &F8 = acc[mo][l][half..half + LANES].try_into().expect("eight lanes");
+                let sum = tile::sum_lanes(lanes);
+                out[(ri * 2 + mo) * K + l] = if mo == 0 { first_moment_sketch(terms, vtx, source.rank, K, i, l, sum) } else { sum };
             }
         }
     }
@@ -686,6 +734,25 @@ fn negatives_rows_fixed<S: Lanes, const RANK: usize>(terms: &MomentTerms, rank: 
     let rank = if RANK > 0 { RANK } else { rank };
     debug_assert!(rows.len() <= ROW_BLOCK);
     let mut partial = [(0f64, 0u64); ROW_BLOCK];
+    #[cfg(target_arch = "x86_64")]
+    if S::WIDE && RANK > 0 {
+        // Two rows at a time in sixteen lanes (a lone last row paired with itself): the same
+        // per-row sums.
+        assert!(terms.vg.len() >= groups * RANK, "V covers every group");
+        for group0 in (0..groups).step_by(GROUPS) {
+            for (p, a) in rows.clone().step_by(2).enumerate() {
+                let b = (a + 1).min(rows.end - 1);
+                // SAFETY: S::WIDE holds only in the build that runs on CPUs with AVX-512F
+                // (isa::active); V covers the chunk (asserted above).
+                let pair = unsafe { super::wide::negatives_chunk_pair::<RANK>(terms, [a, b], group0..(group0 + GROUPS).min(groups)) };
+                for (h, (s, c)) in pair.into_iter().enumerate().take(rows.end - a) {
+                    partial[2 * p + h].0 += s as f64;
+                    partial[2 * p + h].1 += c as u64;
+                }
+            }
+        }
+        return partial.iter().fold((0f64, 0u64), |(s, c), &(ps, pc)| (s + ps, c + pc));
+    }
     for group0 in (0..groups).step_by(GROUPS) {
         for (p, i) in partial.iter_mut().zip(rows.clone()) {
             let chunk = group0..(group0 + GROUPS).min(groups);

@@ -1,8 +1,8 @@
 //! Which build of the CPU kernels runs. `multiversion!` compiles every kernel three times:
-//! portable, AVX2 + FMA, and the same AVX2 code with AVX-512VL enabled, which changes no
-//! instruction the kernels ask for but gives the compiler 32 vector registers instead of 16
-//! (fewer spills of accumulators and factors; 7–11% off a step). All three execute the same
-//! IEEE operations in the same order, so they give the same bits. The widest build the CPU
+//! portable, AVX2 + FMA, and the same code with AVX-512 enabled, which gives the compiler 32
+//! vector registers instead of 16 and runs the f32 passes of `wide` sixteen lanes at a time.
+//! All three execute the same IEEE operations in the same order per element, so they give the
+//! same bits. The widest build the CPU
 //! supports runs unless `MLORC_CPU_KERNELS` (`portable`, `avx2`) or `limit` asks for a narrower
 //! one: for comparing builds, never needed for correctness.
 

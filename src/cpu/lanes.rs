@@ -18,19 +18,10 @@ pub fn bf16_nearest_bits(x: f32) -> u16 {
     (if (b & 0x7fff_ffff) > 0x7f80_0000 { quiet_nan } else { rounded }) as u16
 }
 
-pub trait Lanes: Copy {
+/// The arithmetic of the kernels on one vector of lanes, whatever its width.
+pub trait Arith: Copy {
     type V: Copy;
-    /// Whether the passes read bf16 tensors where they lie with this implementation. The
-    /// portable fallback converts rows into f32 copies instead (same bits), which keeps the
-    /// kernels compiled for it to one packing.
-    const PACKED_BF16: bool;
     fn splat(x: f32) -> Self::V;
-    fn load(a: &F8) -> Self::V;
-    fn store(v: Self::V, out: &mut F8);
-    /// Eight bf16 values widened to f32 (exact).
-    fn load_bf16(a: &H8) -> Self::V;
-    /// Rounded to bf16 as `bf16_nearest_bits` (nearest even; NaN stays NaN, quieted).
-    fn store_bf16(v: Self::V, out: &mut H8);
     fn add(a: Self::V, b: Self::V) -> Self::V;
     fn mul(a: Self::V, b: Self::V) -> Self::V;
     /// a·b + c, rounded once.
@@ -48,6 +39,22 @@ pub trait Lanes: Copy {
     fn zero() -> Self::V {
         Self::splat(0.0)
     }
+}
+
+/// Eight lanes: the arithmetic, and loads and stores of one group of eight columns.
+pub trait Lanes: Arith {
+    /// Whether the passes read bf16 tensors where they lie with this implementation. The
+    /// portable fallback converts rows into f32 copies instead (same bits), which keeps the
+    /// kernels compiled for it to one packing.
+    const PACKED_BF16: bool;
+    /// Whether the CPU also runs the sixteen-lane AVX-512 kernels (`wide`).
+    const WIDE: bool = false;
+    fn load(a: &F8) -> Self::V;
+    fn store(v: Self::V, out: &mut F8);
+    /// Eight bf16 values widened to f32 (exact).
+    fn load_bf16(a: &H8) -> Self::V;
+    /// Rounded to bf16 as `bf16_nearest_bits` (nearest even; NaN stays NaN, quieted).
+    fn store_bf16(v: Self::V, out: &mut H8);
     fn to_array(v: Self::V) -> F8 {
         let mut out = [0.0; 8];
         Self::store(v, &mut out);
@@ -63,28 +70,11 @@ pub trait Lanes: Copy {
 #[derive(Clone, Copy)]
 pub struct Portable;
 
-impl Lanes for Portable {
+impl Arith for Portable {
     type V = F8;
-    const PACKED_BF16: bool = false;
     #[inline(always)]
     fn splat(x: f32) -> F8 {
         [x; 8]
-    }
-    #[inline(always)]
-    fn load(a: &F8) -> F8 {
-        *a
-    }
-    #[inline(always)]
-    fn store(v: F8, out: &mut F8) {
-        *out = v;
-    }
-    #[inline(always)]
-    fn load_bf16(a: &H8) -> F8 {
-        std::array::from_fn(|t| f32::from_bits((a[t] as u32) << 16))
-    }
-    #[inline(always)]
-    fn store_bf16(v: F8, out: &mut H8) {
-        *out = std::array::from_fn(|t| bf16_nearest_bits(v[t]));
     }
     #[inline(always)]
     fn add(a: F8, b: F8) -> F8 {
@@ -152,64 +142,47 @@ impl Lanes for Portable {
     }
 }
 
+impl Lanes for Portable {
+    const PACKED_BF16: bool = false;
+    #[inline(always)]
+    fn load(a: &F8) -> F8 {
+        *a
+    }
+    #[inline(always)]
+    fn store(v: F8, out: &mut F8) {
+        *out = v;
+    }
+    #[inline(always)]
+    fn load_bf16(a: &H8) -> F8 {
+        std::array::from_fn(|t| f32::from_bits((a[t] as u32) << 16))
+    }
+    #[inline(always)]
+    fn store_bf16(v: F8, out: &mut H8) {
+        *out = std::array::from_fn(|t| bf16_nearest_bits(v[t]));
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 pub use avx::Avx;
 
 #[cfg(target_arch = "x86_64")]
 mod avx {
-    use super::{Lanes, F8, H8};
+    use super::{Arith, Lanes, F8, H8};
     use std::arch::x86_64::*;
 
     /// One AVX register. Its methods are only reached from functions compiled with AVX2
-    /// enabled, which run only where the CPU has it (`isa::active`).
+    /// enabled, which run only where the CPU has it (`isa::active`). `WIDE`: the build for
+    /// CPUs with AVX-512 too, whose kernels may also run sixteen lanes at a time (`wide`).
     #[derive(Clone, Copy)]
-    pub struct Avx(());
+    pub struct Avx<const WIDE: bool>(());
 
     // SAFETY (every method): reached only on CPUs with AVX2 (see above); the intrinsics touch
     // registers and the given arrays only.
-    impl Lanes for Avx {
+    impl<const WIDE: bool> Arith for Avx<WIDE> {
         type V = __m256;
-        const PACKED_BF16: bool = true;
         #[inline(always)]
         fn splat(x: f32) -> __m256 {
             unsafe { _mm256_set1_ps(x) }
-        }
-        #[inline(always)]
-        fn prefetch(p: *const u8) {
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) }
-        }
-        #[inline(always)]
-        fn load(a: &F8) -> __m256 {
-            unsafe { _mm256_loadu_ps(a.as_ptr()) }
-        }
-        #[inline(always)]
-        fn store(v: __m256, out: &mut F8) {
-            unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) }
-        }
-        #[inline(always)]
-        fn load_bf16(a: &H8) -> __m256 {
-            unsafe {
-                let halves = _mm_loadu_si128(a.as_ptr() as *const __m128i);
-                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(halves)))
-            }
-        }
-        #[inline(always)]
-        fn store_bf16(v: __m256, out: &mut H8) {
-            // bf16_nearest_bits on eight lanes: add 0x7fff plus the kept part's lowest
-            // bit and keep the top half; NaN (magnitude above infinity's) keeps its top half
-            // with the quiet bit set.
-            unsafe {
-                let b = _mm256_castps_si256(v);
-                let odd = _mm256_and_si256(_mm256_srli_epi32::<16>(b), _mm256_set1_epi32(1));
-                let rounded = _mm256_srli_epi32::<16>(_mm256_add_epi32(b, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7fff))));
-                let quiet_nan = _mm256_or_si256(_mm256_srli_epi32::<16>(b), _mm256_set1_epi32(0x0040));
-                let magnitude = _mm256_and_si256(b, _mm256_set1_epi32(0x7fff_ffff));
-                let nan = _mm256_cmpgt_epi32(magnitude, _mm256_set1_epi32(0x7f80_0000));
-                let bits = _mm256_blendv_epi8(rounded, quiet_nan, nan);
-                // Every lane is below 2^16: packing with unsigned saturation keeps them whole.
-                let packed = _mm_packus_epi32(_mm256_castsi256_si128(bits), _mm256_extracti128_si256::<1>(bits));
-                _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, packed);
-            }
         }
         #[inline(always)]
         fn add(a: __m256, b: __m256) -> __m256 {
@@ -257,6 +230,48 @@ mod avx {
             }
         }
     }
+
+    impl<const WIDE: bool> Lanes for Avx<WIDE> {
+        const PACKED_BF16: bool = true;
+        const WIDE: bool = WIDE;
+        #[inline(always)]
+        fn prefetch(p: *const u8) {
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) }
+        }
+        #[inline(always)]
+        fn load(a: &F8) -> __m256 {
+            unsafe { _mm256_loadu_ps(a.as_ptr()) }
+        }
+        #[inline(always)]
+        fn store(v: __m256, out: &mut F8) {
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) }
+        }
+        #[inline(always)]
+        fn load_bf16(a: &H8) -> __m256 {
+            unsafe {
+                let halves = _mm_loadu_si128(a.as_ptr() as *const __m128i);
+                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(halves)))
+            }
+        }
+        #[inline(always)]
+        fn store_bf16(v: __m256, out: &mut H8) {
+            // bf16_nearest_bits on eight lanes: add 0x7fff plus the kept part's lowest
+            // bit and keep the top half; NaN (magnitude above infinity's) keeps its top half
+            // with the quiet bit set.
+            unsafe {
+                let b = _mm256_castps_si256(v);
+                let odd = _mm256_and_si256(_mm256_srli_epi32::<16>(b), _mm256_set1_epi32(1));
+                let rounded = _mm256_srli_epi32::<16>(_mm256_add_epi32(b, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7fff))));
+                let quiet_nan = _mm256_or_si256(_mm256_srli_epi32::<16>(b), _mm256_set1_epi32(0x0040));
+                let magnitude = _mm256_and_si256(b, _mm256_set1_epi32(0x7fff_ffff));
+                let nan = _mm256_cmpgt_epi32(magnitude, _mm256_set1_epi32(0x7f80_0000));
+                let bits = _mm256_blendv_epi8(rounded, quiet_nan, nan);
+                // Every lane is below 2^16: packing with unsigned saturation keeps them whole.
+                let packed = _mm_packus_epi32(_mm256_castsi256_si128(bits), _mm256_extracti128_si256::<1>(bits));
+                _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, packed);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -286,7 +301,7 @@ mod tests {
             ]
         }
         let bits = |v: Vec<F8>| v.iter().flatten().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(all::<Portable>(a, b)), bits(all::<Avx>(a, b)));
+        assert_eq!(bits(all::<Portable>(a, b)), bits(all::<Avx<false>>(a, b)));
     }
 
     /// bf16 rounding (`bf16_nearest_bits`, and both implementations' loads and stores) against
@@ -335,7 +350,7 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2")]
         unsafe fn avx_round_trip(values: &[f32]) -> (Vec<u16>, Vec<u32>) {
-            round_trip::<Avx>(values)
+            round_trip::<Avx<false>>(values)
         }
     }
 }

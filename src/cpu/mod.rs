@@ -9,6 +9,8 @@ pub(crate) mod isa;
 mod segment;
 pub(crate) mod lanes;
 pub(crate) mod tile;
+#[cfg(target_arch = "x86_64")]
+mod wide;
 
 pub use dense::dense_step;
 pub use factored::CpuFactored;

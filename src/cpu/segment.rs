@@ -8,7 +8,7 @@ use crate::shard::Segment;
 use crate::step::StepScalars;
 
 use super::factored::Source;
-use super::lanes::{Lanes, Portable};
+use super::lanes::{Arith, Portable};
 use super::tile::{self, MomentTerms, F8, LANES, ZERO};
 use super::SharedPtr;
 

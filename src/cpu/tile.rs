@@ -8,13 +8,15 @@
 use crate::step::StepScalars;
 
 pub use super::lanes::{F8, H8};
-use super::lanes::Lanes;
+use super::lanes::{Arith, Lanes};
 
 /// How the kernels read and write groups of eight elements of a caller's tensor where it lies:
 /// f32 as they are, bf16 widened on load and rounded to nearest even on store. A 16-bit tensor
 /// read this way takes no extra pass through an f32 copy; the arithmetic is the same.
 pub trait Packed {
     type Group: Copy;
+    /// Whether a group is eight f32 (`F8`) as they lie.
+    const F32: bool;
     fn load<S: Lanes>(g: &Self::Group) -> S::V;
     fn store<S: Lanes>(v: S::V, out: &mut Self::Group);
 }
@@ -24,6 +26,7 @@ pub enum Bf16s {}
 
 impl Packed for F32s {
     type Group = F8;
+    const F32: bool = true;
     #[inline(always)]
     fn load<S: Lanes>(g: &F8) -> S::V {
         S::load(g)
@@ -36,6 +39,7 @@ impl Packed for F32s {
 
 impl Packed for Bf16s {
     type Group = H8;
+    const F32: bool = false;
     #[inline(always)]
     fn load<S: Lanes>(g: &H8) -> S::V {
         S::load_bf16(g)
@@ -105,13 +109,13 @@ impl MomentTerms {
 
     /// The new moment β·old + (1 − β)·h.
     #[inline(always)]
-    pub fn mix<S: Lanes>(&self, old: S::V, h: S::V) -> S::V {
+    pub fn mix<S: Arith>(&self, old: S::V, h: S::V) -> S::V {
         S::mul_add(S::splat(self.beta), old, S::mul(S::splat(self.weight), h))
     }
 
     /// Row `row` of U·diag(S) as splats, for the kernels of a rank known at compile time.
     #[inline(always)]
-    pub fn row_splats<S: Lanes, const RANK: usize>(&self, row: usize) -> [S::V; RANK] {
+    pub fn row_splats<S: Arith, const RANK: usize>(&self, row: usize) -> [S::V; RANK] {
         let us: &[f32; RANK] = self.us[row * RANK..(row + 1) * RANK].try_into().expect("a row of U·S has RANK values");
         std::array::from_fn(|l| S::splat(us[l]))
     }
@@ -130,14 +134,14 @@ pub fn rebuild_fixed<S: Lanes, const RANK: usize>(us: &[S::V; RANK], v: &[F8]) -
 
 /// AdamW on eight weights from the new moments M_t, V_t.
 #[inline(always)]
-pub fn update_adamw<S: Lanes>(s: &StepScalars, w: S::V, m: S::V, v: S::V) -> S::V {
+pub fn update_adamw<S: Arith>(s: &StepScalars, w: S::V, m: S::V, v: S::V) -> S::V {
     let denom = S::mul_add(S::sqrt(v), S::splat(s.inv_bias_correction2_sqrt), S::splat(s.eps));
     S::mul_add(S::splat(-s.step_size), S::div(m, denom), S::mul(w, S::splat(s.decay)))
 }
 
 /// Lion on eight weights from the old moment M̃ and the gradient.
 #[inline(always)]
-pub fn update_lion<S: Lanes>(s: &StepScalars, w: S::V, m: S::V, g: S::V) -> S::V {
+pub fn update_lion<S: Arith>(s: &StepScalars, w: S::V, m: S::V, g: S::V) -> S::V {
     let c = S::mul_add(S::splat(s.beta1), m, S::mul(S::splat(s.one_minus_beta1), g));
     S::mul_add(S::splat(-s.lr), S::sign(c), S::mul(w, S::splat(s.decay)))
 }
@@ -268,6 +272,17 @@ pub fn project_rows<S: Lanes, G: Packed, W: Packed, const R: usize, const ADAMW:
     mut update: Option<(&StepScalars, &mut [&mut [W::Group]; R])>,
 ) {
     if RK > 0 {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let done = project_rows_wide_part::<S, G, W, R, ADAMW, RK>(moments, qs, row0, group0, grads, bacc, bstride, &mut update);
+            if done > 0 {
+                // The last group of an odd count, eight lanes wide.
+                let rest: [&[G::Group]; R] = std::array::from_fn(|r| &grads[r][done..]);
+                let mut tail = update.map(|(scalars, weights)| (scalars, weights.each_mut().map(|w| &mut w[done..])));
+                let update = tail.as_mut().map(|(scalars, weights)| (*scalars, weights));
+                return project_rows_fixed::<S, G, W, R, ADAMW, RK, RK>(moments, qs, row0, group0 + done, &rest, &mut bacc[done..], bstride, update);
+            }
+        }
         return project_rows_fixed::<S, G, W, R, ADAMW, RK, RK>(moments, qs, row0, group0, grads, bacc, bstride, update);
     }
     #[inline(always)]
@@ -313,6 +328,41 @@ pub fn project_rows<S: Lanes, G: Packed, W: Packed, const R: usize, const ADAMW:
             }
         }
     }
+}
+
+/// The first groups of `project_rows_fixed`'s work sixteen lanes wide (`wide`) where the build
+/// and the packing allow it (AVX-512, f32 gradients and weights): the same bits. Returns how
+/// many groups it did (0: none; else all but the last of an odd count).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn project_rows_wide_part<S: Lanes, G: Packed, W: Packed, const R: usize, const ADAMW: bool, const RK: usize>(
+    moments: &[MomentTerms],
+    qs: &[&[f32]],
+    row0: usize,
+    group0: usize,
+    grads: &[&[G::Group]; R],
+    bacc: &mut [F8],
+    bstride: usize,
+    update: &mut Option<(&StepScalars, &mut [&mut [W::Group]; R])>,
+) -> usize {
+    let groups = grads[0].len();
+    if !(S::WIDE && G::F32 && W::F32) || groups < 2 {
+        return 0;
+    }
+    let count = if ADAMW { 2 } else { 1 };
+    // The bounds `wide::project_rows_wide` relies on.
+    assert!(moments.len() == count && qs.len() == count);
+    assert!(grads.iter().all(|g| g.len() == groups));
+    assert!(bacc.len() >= (count * RK - 1) * bstride + groups);
+    assert!(moments.iter().all(|m| m.vg.len() >= (group0 + groups) * RK));
+    let weights = update.as_mut().map(|(scalars, weights)| {
+        assert!(weights.iter().all(|w| w.len() >= groups));
+        (*scalars, std::array::from_fn(|r| weights[r].as_mut_ptr().cast::<F8>()))
+    });
+    let grads = std::array::from_fn(|r| grads[r].as_ptr().cast::<F8>());
+    // SAFETY: S::WIDE holds only in the build that runs on CPUs with AVX-512F (isa::active);
+    // groups of G and W are F8 (Packed::F32); the bounds are asserted above.
+    unsafe { super::wide::project_rows_wide::<R, ADAMW, RK, RK>(moments, qs, row0, group0, groups, grads, bacc.as_mut_ptr(), bstride, weights) }
 }
 
 /// `project_rows` for a rank and sketch width known at compile time. The block's rows of U·S
@@ -467,9 +517,9 @@ macro_rules! multiversion {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
-                unsafe fn avx512vl($($arg: $ty),*) $(-> $ret)? { body::<$crate::cpu::lanes::Avx>($($arg),*) }
+                unsafe fn avx512vl($($arg: $ty),*) $(-> $ret)? { body::<$crate::cpu::lanes::Avx<true>>($($arg),*) }
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { body::<$crate::cpu::lanes::Avx>($($arg),*) }
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { body::<$crate::cpu::lanes::Avx<false>>($($arg),*) }
                 match $crate::cpu::isa::active() {
                     // SAFETY: `active` never names a build the CPU does not support.
                     $crate::cpu::isa::CpuKernels::Avx512Vl => return unsafe { avx512vl($($arg),*) },

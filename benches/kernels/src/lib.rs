@@ -1,4 +1,4 @@
-//! The CPU pass kernels of the library (src/cpu/tile.rs, lanes.rs and isa.rs, included as they are),
+//! The CPU pass kernels of the library (src/cpu/tile.rs, lanes.rs, wide.rs and isa.rs, included as they are),
 //! with the one type of the step they read, so a binary can time a kernel on its own.
 #![allow(dead_code)]
 
@@ -37,6 +37,8 @@ pub mod cpu {
     pub mod isa;
     pub mod lanes;
     pub mod tile;
+    #[cfg(target_arch = "x86_64")]
+    pub mod wide;
 }
 
 /// The small factorizations and Ω of every step (src/linalg.rs, src/rng.rs, as they are).
