@@ -33,8 +33,9 @@ fn run<P: Element, G: Element>(config: &Config, m: usize, n: usize, to_p: fn(f32
 fn all_cases() -> Vec<(String, Outcome)> {
     let mut out = Vec::new();
     // 300x260 passes run on the pool (above 64 Ki elements); 37x45 and 1x1000 are off the
-    // 8-lane grid or a single row.
-    let shapes = [(300, 260), (37, 45), (1, 1000)];
+    // 8-lane grid or a single row; 131x264 (an odd number of rows and of column groups) and
+    // 1x1000 read and write bf16 tensors where they lie.
+    let shapes = [(300, 260), (37, 45), (1, 1000), (131, 264)];
     let settings = [
         (Algorithm::AdamW, LayoutRequest::Factored, 4, 0, 0),
         (Algorithm::AdamW, LayoutRequest::Factored, 3, 2, 1),

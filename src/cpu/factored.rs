@@ -415,8 +415,8 @@ fn sketch_rows_fixed<S: Lanes, G: GradRows, const K: usize, const RANK_IS_K: boo
     let moments = source.moments.len();
     debug_assert!(rows.len() <= ROW_BLOCK && moments <= 2);
     #[cfg(target_arch = "x86_64")]
-    if S::WIDE && G::F32 && RANK_IS_K && moments == 2 {
-        return sketch_rows_wide::<S, K>(source, xgs, vtx, rows);
+    if S::WIDE && RANK_IS_K && moments == 2 {
+        return sketch_rows_wide::<S, G, K>(source, xgs, vtx, rows);
     }
     let mut accs = [[[S::zero(); K]; 2]; ROW_BLOCK];
     let mut grad = [0f32; CHUNK];
@@ -460,12 +460,12 @@ fn sketch_rows_fixed<S: Lanes, G: GradRows, const K: usize, const RANK_IS_K: boo
     out
 }
 
-/// `sketch_rows_fixed` for AdamW with rank = k = K and f32 gradient rows on CPUs with
-/// AVX-512: the rows of the block two at a time in sixteen lanes (`wide::sketch_chunk_both_pair`;
-/// a lone last row is paired with itself), the same bits.
+/// `sketch_rows_fixed` for AdamW with rank = k = K on CPUs with AVX-512: the rows of the block
+/// two at a time in sixteen lanes (`wide::sketch_chunk_both_pair`; a lone last row is paired
+/// with itself), the same bits.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn sketch_rows_wide<S: Lanes, const K: usize>(source: &Source, xgs: &[&[F8]], vtx: &[f32], rows: std::ops::Range<usize>) -> Vec<f32> {
+fn sketch_rows_wide<S: Lanes, G: GradRows, const K: usize>(source: &Source, xgs: &[&[F8]], vtx: &[f32], rows: std::ops::Range<usize>) -> Vec<f32> {
     let n = source.cols;
     let groups = tile::groups(n);
     // The bounds `sketch_chunk_both_pair` relies on.
@@ -484,10 +484,19 @@ fn sketch_rows_wide<S: Lanes, const K: usize>(source: &Source, xgs: &[&[F8]], vt
                 source.prefetch_grad::<S>(b, next, CHUNK.min(n - next));
             }
             let [sa, sb] = &mut scratch;
-            let grads = [source.load_grad(a, col0, len, sa), source.load_grad(b, col0, len, sb)];
+            let (ga, gb) = (G::row(source, a, col0, len, sa), G::row(source, b, col0, len, sb));
+            let (rows, group0, groups) = ([a, b], col0 / LANES, ga.len());
+            let (ga, gb) = (ga.as_ptr().cast::<u8>(), gb.as_ptr().cast::<u8>());
             // SAFETY: S::WIDE holds only in the build that runs on CPUs with AVX-512F
-            // (isa::active); both rows' chunks have the same groups; bounds asserted above.
-            unsafe { super::wide::sketch_chunk_both_pair::<K>(&source.moments[1], xgs[0], xgs[1], [a, b], col0 / LANES, grads, acc) };
+            // (isa::active); both rows' chunks have the same groups, of G's dtype; bounds
+            // asserted above.
+            unsafe {
+                if G::BF16 {
+                    super::wide::sketch_chunk_both_pair::<K, true>(&source.moments[1], xgs[0], xgs[1], rows, group0, groups, [ga, gb], acc)
+                } else {
+                    super::wide::sketch_chunk_both_pair::<K, false>(&source.moments[1], xgs[0], xgs[1], rows, group0, groups, [ga, gb], acc)
+                }
+            };
         }
     }
     let mut out = vec![0f32; rows.len() * 2 * K];

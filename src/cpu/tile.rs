@@ -15,8 +15,8 @@ use super::lanes::{Arith, Lanes};
 /// read this way takes no extra pass through an f32 copy; the arithmetic is the same.
 pub trait Packed {
     type Group: Copy;
-    /// Whether a group is eight f32 (`F8`) as they lie.
-    const F32: bool;
+    /// Whether a group is eight bf16 (`H8`) rather than eight f32 (`F8`).
+    const BF16: bool;
     fn load<S: Lanes>(g: &Self::Group) -> S::V;
     fn store<S: Lanes>(v: S::V, out: &mut Self::Group);
 }
@@ -26,7 +26,7 @@ pub enum Bf16s {}
 
 impl Packed for F32s {
     type Group = F8;
-    const F32: bool = true;
+    const BF16: bool = false;
     #[inline(always)]
     fn load<S: Lanes>(g: &F8) -> S::V {
         S::load(g)
@@ -39,7 +39,7 @@ impl Packed for F32s {
 
 impl Packed for Bf16s {
     type Group = H8;
-    const F32: bool = false;
+    const BF16: bool = true;
     #[inline(always)]
     fn load<S: Lanes>(g: &H8) -> S::V {
         S::load_bf16(g)
@@ -331,8 +331,8 @@ pub fn project_rows<S: Lanes, G: Packed, W: Packed, const R: usize, const ADAMW:
 }
 
 /// The first groups of `project_rows_fixed`'s work sixteen lanes wide (`wide`) where the build
-/// and the packing allow it (AVX-512, f32 gradients and weights): the same bits. Returns how
-/// many groups it did (0: none; else all but the last of an odd count).
+/// and the packing allow it (AVX-512; gradients and weights both f32 or both bf16): the same
+/// bits. Returns how many groups it did (0: none; else all but the last of an odd count).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn project_rows_wide_part<S: Lanes, G: Packed, W: Packed, const R: usize, const ADAMW: bool, const RK: usize>(
@@ -346,7 +346,7 @@ fn project_rows_wide_part<S: Lanes, G: Packed, W: Packed, const R: usize, const 
     update: &mut Option<(&StepScalars, &mut [&mut [W::Group]; R])>,
 ) -> usize {
     let groups = grads[0].len();
-    if !(S::WIDE && G::F32 && W::F32) || groups < 2 {
+    if !S::WIDE || G::BF16 != W::BF16 || groups < 2 {
         return 0;
     }
     let count = if ADAMW { 2 } else { 1 };
@@ -357,12 +357,19 @@ fn project_rows_wide_part<S: Lanes, G: Packed, W: Packed, const R: usize, const 
     assert!(moments.iter().all(|m| m.vg.len() >= (group0 + groups) * RK));
     let weights = update.as_mut().map(|(scalars, weights)| {
         assert!(weights.iter().all(|w| w.len() >= groups));
-        (*scalars, std::array::from_fn(|r| weights[r].as_mut_ptr().cast::<F8>()))
+        (*scalars, std::array::from_fn(|r| weights[r].as_mut_ptr().cast::<u8>()))
     });
-    let grads = std::array::from_fn(|r| grads[r].as_ptr().cast::<F8>());
+    let grads = std::array::from_fn(|r| grads[r].as_ptr().cast::<u8>());
     // SAFETY: S::WIDE holds only in the build that runs on CPUs with AVX-512F (isa::active);
-    // groups of G and W are F8 (Packed::F32); the bounds are asserted above.
-    unsafe { super::wide::project_rows_wide::<R, ADAMW, RK, RK>(moments, qs, row0, group0, groups, grads, bacc.as_mut_ptr(), bstride, weights) }
+    // G's and W's groups are eight values of the dtype that Packed::BF16 names; the bounds are
+    // asserted above.
+    unsafe {
+        if G::BF16 {
+            super::wide::project_rows_wide::<R, ADAMW, RK, RK, true>(moments, qs, row0, group0, groups, grads, bacc.as_mut_ptr(), bstride, weights)
+        } else {
+            super::wide::project_rows_wide::<R, ADAMW, RK, RK, false>(moments, qs, row0, group0, groups, grads, bacc.as_mut_ptr(), bstride, weights)
+        }
+    }
 }
 
 /// `project_rows` for a rank and sketch width known at compile time. The block's rows of U·S

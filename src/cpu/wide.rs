@@ -79,13 +79,45 @@ impl Arith for Zmm {
     }
 }
 
-/// Sixteen floats from `p` (two adjacent groups).
+/// Elements `at .. at + 16` of a row of f32 (`BF16` false) or bf16 values (true), as f32
+/// (bf16 widening is exact).
 ///
 /// # Safety
-/// `p .. p + 16` is readable.
+/// Those elements are readable.
 #[inline(always)]
-unsafe fn load16(p: *const f32) -> __m512 {
-    unsafe { _mm512_loadu_ps(p) }
+unsafe fn load16<const BF16: bool>(row: *const u8, at: usize) -> __m512 {
+    unsafe {
+        if BF16 {
+            let halves = _mm256_loadu_si256(row.cast::<u16>().add(at).cast());
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(halves)))
+        } else {
+            _mm512_loadu_ps(row.cast::<f32>().add(at))
+        }
+    }
+}
+
+/// Stores sixteen lanes at elements `at .. at + 16` of a row of f32 or bf16 values; bf16 rounded
+/// as `Lanes::store_bf16` (nearest even; NaN stays NaN, quieted).
+///
+/// # Safety
+/// Those elements are writable.
+#[inline(always)]
+unsafe fn store16<const BF16: bool>(row: *mut u8, at: usize, v: __m512) {
+    unsafe {
+        if BF16 {
+            let b = _mm512_castps_si512(v);
+            let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(1));
+            let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(b, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff))));
+            let quiet_nan = _mm512_or_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(0x0040));
+            let magnitude = _mm512_and_si512(b, _mm512_set1_epi32(0x7fff_ffff));
+            let nan = _mm512_cmpgt_epi32_mask(magnitude, _mm512_set1_epi32(0x7f80_0000));
+            // Every lane is below 2^16: narrowing keeps it whole.
+            let bits = _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(nan, rounded, quiet_nan));
+            _mm256_storeu_si256(row.cast::<u16>().add(at).cast(), bits);
+        } else {
+            _mm512_storeu_ps(row.cast::<f32>().add(at), v);
+        }
+    }
 }
 
 /// Vector `l` of column groups `group` and `group + 1` of a group-major V (`rank` vectors per
@@ -132,25 +164,25 @@ unsafe fn accumulate<const R: usize, const K: usize>(bacc: *mut F8, q: &[[f32; K
     }
 }
 
-/// `tile::project_rows_fixed` for f32 gradient rows and f32 weights (updated in place when
-/// given), on the first `2·⌊groups/2⌋` column groups; returns how many groups it did (the
-/// caller does the last one, if any, eight lanes wide).
+/// `tile::project_rows_fixed` for gradient rows and weights (updated in place when given) both
+/// f32 (`BF16` false) or both bf16 (true), on the first `2·⌊groups/2⌋` column groups; returns
+/// how many groups it did (the caller does the last one, if any, eight lanes wide).
 ///
 /// # Safety
 /// The CPU has AVX-512F; `moments`, `qs`, `grads`, `bacc` and `weights` satisfy the bounds that
 /// `project_rows_fixed` asserts (every `grads[r]` and `weights[r]` holds `groups` groups, bacc
 /// `(count·K − 1)·bstride + groups`, qs rows `row0 .. row0 + R` of K values).
 #[target_feature(enable = "avx512f")]
-pub unsafe fn project_rows_wide<const R: usize, const ADAMW: bool, const RANK: usize, const K: usize>(
+pub unsafe fn project_rows_wide<const R: usize, const ADAMW: bool, const RANK: usize, const K: usize, const BF16: bool>(
     moments: &[MomentTerms],
     qs: &[&[f32]],
     row0: usize,
     group0: usize,
     groups: usize,
-    grads: [*const F8; R],
+    grads: [*const u8; R],
     bacc: *mut F8,
     bstride: usize,
-    update: Option<(&StepScalars, [*mut F8; R])>,
+    update: Option<(&StepScalars, [*mut u8; R])>,
 ) -> usize {
     let count = if ADAMW { 2 } else { 1 };
     let mut us = [[[Zmm::zero(); RANK]; R]; 2];
@@ -169,7 +201,7 @@ pub unsafe fn project_rows_wide<const R: usize, const ADAMW: bool, const RANK: u
         // SAFETY (every access below): gi + 1 < groups, inside every operand (the contract).
         let mut g = [Zmm::zero(); R];
         for r in 0..R {
-            g[r] = unsafe { load16(grads[r].add(gi) as *const f32) };
+            g[r] = unsafe { load16::<BF16>(grads[r], gi * 8) };
         }
         let mut olds = [Zmm::zero(); R];
         let mut firsts = [Zmm::zero(); R];
@@ -188,10 +220,9 @@ pub unsafe fn project_rows_wide<const R: usize, const ADAMW: bool, const RANK: u
         }
         if let Some((scalars, weights)) = update {
             for r in 0..R {
-                let w8 = unsafe { weights[r].add(gi) } as *mut f32;
-                let w = unsafe { load16(w8) };
+                let w = unsafe { load16::<BF16>(weights[r], gi * 8) };
                 let w = if ADAMW { update_adamw::<Zmm>(scalars, w, firsts[r], seconds[r]) } else { update_lion::<Zmm>(scalars, w, olds[r], g[r]) };
-                unsafe { _mm512_storeu_ps(w8, w) };
+                unsafe { store16::<BF16>(weights[r], gi * 8, w) };
             }
         }
     }
@@ -227,6 +258,22 @@ unsafe fn pair_splats<const N: usize>(terms: &MomentTerms, rows: [usize; 2]) -> 
     out
 }
 
+/// Elements `at .. at + 8` of a row of f32 or bf16 values, as f32.
+///
+/// # Safety
+/// Those elements are readable.
+#[inline(always)]
+unsafe fn load8<const BF16: bool>(row: *const u8, at: usize) -> __m256 {
+    unsafe {
+        if BF16 {
+            let halves = _mm_loadu_si128(row.cast::<u16>().add(at).cast());
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(halves)))
+        } else {
+            _mm256_loadu_ps(row.cast::<f32>().add(at))
+        }
+    }
+}
+
 /// Row `a`'s eight lanes in the low half, row `b`'s in the high half.
 #[inline(always)]
 unsafe fn rows_pair(a: __m256, b: __m256) -> __m512 {
@@ -248,16 +295,18 @@ unsafe fn both_halves(p: *const F8) -> __m512 {
 /// both rows' accumulators between chunks: [moment][l][lane].
 ///
 /// # Safety
-/// The CPU has AVX-512F; `grads[0]` and `grads[1]` hold the same number of groups, and `x0`,
-/// `x1` and `terms.vg` hold K vectors for each group `group0 ..` of them.
+/// The CPU has AVX-512F; `grads[0]` and `grads[1]` each hold `groups` groups of f32
+/// (`BF16` false) or bf16 (true), and `x0`, `x1` and `terms.vg` hold K vectors for each group
+/// `group0 .. group0 + groups`.
 #[target_feature(enable = "avx512f")]
-pub unsafe fn sketch_chunk_both_pair<const K: usize>(
+pub unsafe fn sketch_chunk_both_pair<const K: usize, const BF16: bool>(
     terms: &MomentTerms,
     x0: &[F8],
     x1: &[F8],
     rows: [usize; 2],
     group0: usize,
-    grads: [&[F8]; 2],
+    groups: usize,
+    grads: [*const u8; 2],
     acc: &mut [[[f32; 16]; K]; 2],
 ) {
     // SAFETY (every intrinsic below): registers, and the operands' bounds (the contract).
@@ -271,9 +320,9 @@ pub unsafe fn sketch_chunk_both_pair<const K: usize>(
         }
     }
     let (vg, x0, x1) = (terms.vg.as_ptr(), x0.as_ptr(), x1.as_ptr());
-    for (gi, (ga, gb)) in grads[0].iter().zip(grads[1]).enumerate() {
+    for gi in 0..groups {
         let group = group0 + gi;
-        let g = unsafe { rows_pair(_mm256_loadu_ps(ga.as_ptr()), _mm256_loadu_ps(gb.as_ptr())) };
+        let g = unsafe { rows_pair(load8::<BF16>(grads[0], gi * 8), load8::<BF16>(grads[1], gi * 8)) };
         for l in 0..K {
             acc0[l] = Zmm::mul_add(g, unsafe { both_halves(x0.add(group * K + l)) }, acc0[l]);
         }
@@ -395,5 +444,45 @@ mod tests {
         }
         // SAFETY: the CPU has AVX-512F (checked above).
         assert_eq!(unsafe { wide(&a, &b) }, narrow(&a, &b));
+    }
+
+    /// bf16 loads and stores sixteen at a time against the half crate: values that round up,
+    /// down and to even, overflow, NaNs, subnormals and 100,000 random bit patterns.
+    #[test]
+    fn bf16_loads_and_stores_match_the_half_crate() {
+        if !std::is_x86_feature_detected!("avx512f") {
+            eprintln!("SKIP: no AVX-512F");
+            return;
+        }
+        let specials: [u32; 16] = [
+            0x3f80_8000, 0x3f81_8000, 0x3f80_7fff, 0x7f7f_ffff, 0xff7f_8000, 0x7f80_0001, 0xffc0_0000, 0x7fbf_ffff,
+            0x0000_8000, 0x8001_8000, 0x8000_0000, 0x0080_7fff, 0xff80_0000, 0xffff_ffff, 0x0000_0001, 0x4040_8001,
+        ];
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut random = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u32
+        };
+        let values: Vec<f32> = specials.iter().map(|&b| f32::from_bits(b)).chain((0..100_000).map(|_| f32::from_bits(random()))).collect();
+        #[target_feature(enable = "avx512f")]
+        unsafe fn round_trip(values: &[f32]) -> (Vec<u16>, Vec<u32>) {
+            let mut stored = vec![0u16; values.len()];
+            let mut loaded = vec![0f32; values.len()];
+            for at in (0..values.len()).step_by(16) {
+                unsafe {
+                    let v = load16::<false>(values.as_ptr().cast(), at);
+                    store16::<true>(stored.as_mut_ptr().cast(), at, v);
+                    store16::<false>(loaded.as_mut_ptr().cast(), at, load16::<true>(stored.as_ptr().cast(), at));
+                }
+            }
+            (stored, loaded.iter().map(|x| x.to_bits()).collect())
+        }
+        let expected: Vec<u16> = values.iter().map(|&x| half::bf16::from_f32(x).to_bits()).collect();
+        let widened: Vec<u32> = expected.iter().map(|&h| half::bf16::from_bits(h).to_f32().to_bits()).collect();
+        assert_eq!(values.len() % 16, 0);
+        // SAFETY: the CPU has AVX-512F (checked above).
+        assert_eq!(unsafe { round_trip(&values) }, (expected, widened));
     }
 }
