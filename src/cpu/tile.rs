@@ -275,6 +275,9 @@ pub fn project_rows<S: Lanes, G: Packed, W: Packed, const R: usize, const ADAMW:
         #[cfg(target_arch = "x86_64")]
         {
             let done = project_rows_wide_part::<S, G, W, R, ADAMW, RK>(moments, qs, row0, group0, grads, bacc, bstride, &mut update);
+            if done == grads[0].len() {
+                return;
+            }
             if done > 0 {
                 // The last group of an odd count, eight lanes wide.
                 let rest: [&[G::Group]; R] = std::array::from_fn(|r| &grads[r][done..]);
