@@ -2,7 +2,8 @@
 //! and, on x86-64, `Avx` (one 256-bit register). Kernels are generic over `Lanes`, so the
 //! vector code is explicit rather than left to the auto-vectorizer, and both builds execute the
 //! same IEEE operations in the same order: they give the same bits. `mul_add` is one fused
-//! multiply-add (one rounding) in both.
+//! multiply-add (one rounding) in both. The arithmetic alone is the trait `Arith`, which the
+//! sixteen-lane `wide::Zmm` implements too, so helpers written over it serve both widths.
 
 pub type F8 = [f32; 8];
 /// Eight bf16 values, as their bits.
