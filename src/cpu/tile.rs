@@ -352,16 +352,10 @@ fn project_rows_wide_part<S: Lanes, G: Packed, W: Packed, const R: usize, const 
     if !S::WIDE || G::BF16 != W::BF16 || groups < 2 {
         return 0;
     }
-    let count = if ADAMW { 2 } else { 1 };
     // The bounds `wide::project_rows_wide` relies on.
-    assert!(moments.len() == count && qs.len() == count);
-    assert!(grads.iter().all(|g| g.len() == groups));
-    assert!(bacc.len() >= (count * RK - 1) * bstride + groups);
+    assert_project_bounds::<G, W, R, ADAMW, RK>(moments, qs, grads, bacc, bstride, update.as_ref().map(|(_, w)| &**w));
     assert!(moments.iter().all(|m| m.vg.len() >= (group0 + groups) * RK));
-    let weights = update.as_mut().map(|(scalars, weights)| {
-        assert!(weights.iter().all(|w| w.len() >= groups));
-        (*scalars, std::array::from_fn(|r| weights[r].as_mut_ptr().cast::<u8>()))
-    });
+    let weights = update.as_mut().map(|(scalars, weights)| (*scalars, std::array::from_fn(|r| weights[r].as_mut_ptr().cast::<u8>())));
     let grads = std::array::from_fn(|r| grads[r].as_ptr().cast::<u8>());
     // SAFETY: S::WIDE holds only in the build that runs on CPUs with AVX-512F (isa::active);
     // G's and W's groups are eight values of the dtype that Packed::BF16 names; the bounds are
@@ -372,6 +366,28 @@ fn project_rows_wide_part<S: Lanes, G: Packed, W: Packed, const R: usize, const 
         } else {
             super::wide::project_rows_wide::<R, ADAMW, RK, RK, false>(moments, qs, row0, group0, groups, grads, bacc.as_mut_ptr(), bstride, weights)
         }
+    }
+}
+
+/// The bounds the projection kernels index by without checks: one moment (Lion) or two (AdamW)
+/// with their Q, `grads[0].len()` groups in every gradient row and weight row, and K rows of
+/// Bᵀ accumulators per moment `bstride` groups apart.
+#[inline(always)]
+fn assert_project_bounds<G: Packed, W: Packed, const R: usize, const ADAMW: bool, const K: usize>(
+    moments: &[MomentTerms],
+    qs: &[&[f32]],
+    grads: &[&[G::Group]; R],
+    bacc: &[F8],
+    bstride: usize,
+    weights: Option<&[&mut [W::Group]; R]>,
+) {
+    let count = if ADAMW { 2 } else { 1 };
+    let groups = grads[0].len();
+    assert!(moments.len() == count && qs.len() == count);
+    assert!(grads.iter().all(|g| g.len() == groups));
+    assert!(groups == 0 || bacc.len() >= (count * K - 1) * bstride + groups);
+    if let Some(weights) = weights {
+        assert!(weights.iter().all(|w| w.len() >= groups));
     }
 }
 
@@ -393,12 +409,7 @@ pub fn project_rows_fixed<S: Lanes, G: Packed, W: Packed, const R: usize, const 
     let count = if ADAMW { 2 } else { 1 };
     let groups = grads[0].len();
     // Every index of the loop below is in bounds of these checks.
-    assert!(moments.len() == count && qs.len() == count);
-    assert!(grads.iter().all(|g| g.len() == groups));
-    assert!(groups == 0 || bacc.len() >= (count * K - 1) * bstride + groups);
-    if let Some((_, weights)) = update.as_ref() {
-        assert!(weights.iter().all(|w| w.len() >= groups));
-    }
+    assert_project_bounds::<G, W, R, ADAMW, K>(moments, qs, grads, bacc, bstride, update.as_ref().map(|(_, w)| &**w));
     let mut us = [[[S::zero(); RANK]; R]; 2];
     let mut q = [[[0f32; K]; R]; 2];
     let mut vgs: [&[F8]; 2] = [&[], &[]];

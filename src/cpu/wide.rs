@@ -16,7 +16,7 @@
 
 use std::arch::x86_64::*;
 
-use super::lanes::{Arith, F8};
+use super::lanes::{Arith, Avx, Lanes, F8, H8};
 use super::tile::{update_adamw, update_lion, MomentTerms};
 use crate::step::StepScalars;
 
@@ -127,12 +127,7 @@ unsafe fn store16<const BF16: bool>(row: *mut u8, at: usize, v: __m512) {
 /// Both groups lie inside `vg`.
 #[inline(always)]
 unsafe fn v_pair(vg: *const F8, rank: usize, group: usize, l: usize) -> __m512 {
-    unsafe {
-        let low = _mm256_loadu_ps(vg.add(group * rank + l) as *const f32);
-        let high = _mm256_loadu_ps(vg.add((group + 1) * rank + l) as *const f32);
-        // insertf64x4 rather than insertf32x8: the same bits moved, and AVX-512F only.
-        _mm512_castpd_ps(_mm512_insertf64x4::<1>(_mm512_castps_pd(_mm512_castps256_ps512(low)), _mm256_castps_pd(high)))
-    }
+    unsafe { rows_pair(_mm256_loadu_ps(vg.add(group * rank + l) as *const f32), _mm256_loadu_ps(vg.add((group + 1) * rank + l) as *const f32)) }
 }
 
 /// Row `row` of U·diag(S)·Vᵀ on column groups `group`, `group + 1`: the operations of
@@ -258,23 +253,25 @@ unsafe fn pair_splats<const N: usize>(terms: &MomentTerms, rows: [usize; 2]) -> 
     out
 }
 
-/// Elements `at .. at + 8` of a row of f32 or bf16 values, as f32.
+/// Elements `at .. at + 8` (`at` a multiple of 8) of a row of f32 or bf16 values, as f32: the
+/// eight-lane loads of `Avx`.
 ///
 /// # Safety
 /// Those elements are readable.
 #[inline(always)]
 unsafe fn load8<const BF16: bool>(row: *const u8, at: usize) -> __m256 {
+    // SAFETY: the caller's contract; F8 and H8 need the alignment of one element.
     unsafe {
         if BF16 {
-            let halves = _mm_loadu_si128(row.cast::<u16>().add(at).cast());
-            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(halves)))
+            Avx::<true>::load_bf16(&*row.cast::<H8>().add(at / 8))
         } else {
-            _mm256_loadu_ps(row.cast::<f32>().add(at))
+            Avx::<true>::load(&*row.cast::<F8>().add(at / 8))
         }
     }
 }
 
-/// Row `a`'s eight lanes in the low half, row `b`'s in the high half.
+/// `a`'s eight lanes in the low half, `b`'s in the high half (insertf64x4 rather than
+/// insertf32x8: the same bits moved, and AVX-512F only).
 #[inline(always)]
 unsafe fn rows_pair(a: __m256, b: __m256) -> __m512 {
     unsafe { _mm512_castpd_ps(_mm512_insertf64x4::<1>(_mm512_castps_pd(_mm512_castps256_ps512(a)), _mm256_castps_pd(b))) }
