@@ -226,25 +226,26 @@ fn results_do_not_depend_on_the_thread_count() {
         let config = Config { layout, power_iters: 1, oversampling: 2, ..Config::defaults(algorithm) };
         // Above the size that the library steps on the calling thread (64 Ki elements).
         let (m, n) = (131, 600);
-        let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            pool.install(|| {
-                let mut rng = TestRng::new(42);
-                let mut state = State::new(&config, &desc(m, n, Dtype::Bf16, Dtype::F32)).unwrap();
-                let mut w: Vec<bf16> = rng.normals_f32(m * n, 1.0).into_iter().map(bf16::from_f32).collect();
-                for _ in 0..3 {
-                    let g = rng.normals_f32(m * n, 1.0);
-                    state.step(&mut w, &g, &StepOptions::lr(1e-2)).unwrap();
-                }
-                let buffers: Vec<Vec<f32>> =
-                    state.buffer_specs().iter().map(|s| state.buffer(s.name).unwrap().to_vec()).collect();
-                (w.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), buffers.concat().iter().map(|x| x.to_bits()).collect::<Vec<_>>())
-            })
+        let steps = || {
+            let mut rng = TestRng::new(42);
+            let mut state = State::new(&config, &desc(m, n, Dtype::Bf16, Dtype::F32)).unwrap();
+            let mut w: Vec<bf16> = rng.normals_f32(m * n, 1.0).into_iter().map(bf16::from_f32).collect();
+            for _ in 0..3 {
+                let g = rng.normals_f32(m * n, 1.0);
+                state.step(&mut w, &g, &StepOptions::lr(1e-2)).unwrap();
+            }
+            let buffers: Vec<Vec<f32>> = state.buffer_specs().iter().map(|s| state.buffer(s.name).unwrap().to_vec()).collect();
+            (w.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), buffers.concat().iter().map(|x| x.to_bits()).collect::<Vec<_>>())
         };
+        // Inside a caller's rayon pool of `threads` (the steps run on that pool).
+        let run = |threads: usize| rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(steps);
         let one = run(1);
         for threads in [2, 3, 4] {
             assert!(run(threads) == one, "{algorithm:?} {layout:?}: {threads} threads differ from 1");
         }
+        // From a thread outside any pool, as a trainer calls: the library's own pool, whose
+        // threads run each step's passes as a team.
+        assert!(steps() == one, "{algorithm:?} {layout:?}: the library's pool differs from 1 thread");
     }
 }
 

@@ -7,6 +7,7 @@ mod dense;
 mod factored;
 pub(crate) mod isa;
 mod segment;
+mod team;
 pub(crate) mod lanes;
 pub(crate) mod tile;
 #[cfg(target_arch = "x86_64")]
@@ -90,11 +91,15 @@ pub fn spread<T: Send, R: Send>(items: Vec<T>, work: usize, f: impl Fn(T) -> R +
 }
 
 /// `f()` on the pool when `work` (elements) pays for the hand-over, else on the calling thread.
+/// From outside any rayon pool, the library's pool runs `f` as a team (`team`): its passes
+/// start on every thread at once.
 pub fn run_sized<R: Send>(work: usize, f: impl FnOnce() -> R + Send) -> R {
-    if on_pool(2, work) {
-        run(f)
-    } else {
-        f()
+    if !on_pool(2, work) {
+        return f();
+    }
+    match POOL.as_ref() {
+        Some(pool) if rayon::current_thread_index().is_none() => team::lead(pool, f),
+        _ => run(f),
     }
 }
 
@@ -102,21 +107,34 @@ pub fn run_sized<R: Send>(work: usize, f: impl FnOnce() -> R + Send) -> R {
 /// are the same either way, so is the result.
 pub fn map_indices<R: Send>(count: usize, work: usize, f: impl Fn(usize) -> R + Sync + Send) -> Vec<R> {
     use rayon::prelude::*;
-    if on_pool(count, work) {
-        run(|| (0..count).into_par_iter().map(f).collect())
-    } else {
-        (0..count).map(f).collect()
+    if !on_pool(count, work) {
+        return (0..count).map(f).collect();
     }
+    if team::leading() {
+        let slots: Vec<std::sync::Mutex<Option<R>>> = (0..count).map(|_| std::sync::Mutex::new(None)).collect();
+        team::run(count, &|i| {
+            let r = f(i);
+            *slots[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+        });
+        return slots.into_iter().map(|s| s.into_inner().unwrap_or_else(|p| p.into_inner()).expect("team::run runs every index")).collect();
+    }
+    run(|| (0..count).into_par_iter().map(f).collect())
 }
 
 /// `items.iter_mut().for_each(f)`, in parallel when `work` (elements) pays for it.
 pub fn for_each_mut<T: Send>(items: &mut [T], work: usize, f: impl Fn(&mut T) + Sync + Send) {
     use rayon::prelude::*;
-    if on_pool(items.len(), work) {
-        run(|| items.par_iter_mut().for_each(f))
-    } else {
-        items.iter_mut().for_each(f)
+    if !on_pool(items.len(), work) {
+        return items.iter_mut().for_each(f);
     }
+    if team::leading() {
+        let base = SharedPtr(items.as_mut_ptr());
+        // SAFETY: each index is run once, so every item is borrowed by one task only, and
+        // `items` outlives team::run.
+        team::run(items.len(), &|i| f(unsafe { &mut *base.element(i) }));
+        return;
+    }
+    run(|| items.par_iter_mut().for_each(f))
 }
 
 /// A raw pointer that may be shared across the pool's threads; each task touches a disjoint
@@ -130,5 +148,10 @@ unsafe impl<T> Sync for SharedPtr<T> {}
 impl<T> SharedPtr<T> {
     pub fn get(self) -> *mut T {
         self.0
+    }
+
+    /// The address of element `i` (no check: the caller knows the bounds).
+    pub fn element(&self, i: usize) -> *mut T {
+        self.0.wrapping_add(i)
     }
 }
