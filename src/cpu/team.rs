@@ -24,6 +24,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 /// Spins before a waiting thread starts yielding its core (a pass's pieces take µs to ms).
 const SPINS_BEFORE_YIELD: u32 = 1 << 10;
 
+/// One wait of a thread that has waited `idle` times before: a spin, later a yield of its core.
+fn pause(idle: &mut u32) {
+    *idle = idle.saturating_add(1);
+    if *idle < SPINS_BEFORE_YIELD {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -85,12 +95,7 @@ impl Team {
         loop {
             let generation = self.generation.load(Ordering::Acquire);
             if generation == seen {
-                idle = idle.saturating_add(1);
-                if idle < SPINS_BEFORE_YIELD {
-                    std::hint::spin_loop();
-                } else {
-                    std::thread::yield_now();
-                }
+                pause(&mut idle);
                 continue;
             }
             seen = generation;
@@ -175,12 +180,7 @@ pub fn run(count: usize, task: &(dyn Fn(usize) + Sync)) {
     LEADING.with(|l| l.set(team));
     let mut idle = 0u32;
     while job.done.load(Ordering::Acquire) < count {
-        idle = idle.saturating_add(1);
-        if idle < SPINS_BEFORE_YIELD {
-            std::hint::spin_loop();
-        } else {
-            std::thread::yield_now();
-        }
+        pause(&mut idle);
     }
     *lock(&team.job) = None;
     let payload = lock(&job.panic).take();
