@@ -4,7 +4,14 @@
 //! Options (environment): MLORC_BENCH_SHAPES="1024x1024,4096x4096,4096x11008",
 //! MLORC_BENCH_REPS (timed steps per case, default 7), MLORC_BENCH_ONLY=dense|q0|q1 (one case,
 //! for profiling), MLORC_BENCH_RANK (MLorc's rank, default 4), MLORC_BENCH_DTYPE=bf16 (bf16
-//! param and grad instead of f32), MLORC_NUM_THREADS.
+//! param and grad instead of f32), MLORC_BENCH_GRAD=gaussian (a Gaussian gradient instead of the
+//! default fixed pattern), MLORC_NUM_THREADS.
+//!
+//! The gradient matters to MLorc-AdamW's non-negativity sweep, which skips row chunks of Ṽ that
+//! provably hold no negative entry: the pattern's rank-4 Ṽ has negatives in 12% of its entries
+//! and almost no chunk can be skipped (the sweep's worst case); a Gaussian gradient's Ṽ is
+//! dominated by its mean and nearly every chunk is skipped, as in most steps of a real
+//! fine-tuning run (`benches/python/negative_rate.py`).
 
 use std::time::Instant;
 
@@ -54,11 +61,30 @@ impl BenchElement for half::bf16 {
     }
 }
 
+/// `len` normals of standard deviation `sigma` (Box–Muller on a fixed 64-bit LCG).
+fn gaussian(len: usize, sigma: f32) -> Vec<f32> {
+    let mut state = 0x853c_49e6_748f_ea9bu64;
+    let mut uniform = move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((state >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    };
+    (0..len)
+        .map(|_| {
+            let (u, v) = (uniform(), uniform());
+            ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32 * sigma
+        })
+        .collect()
+}
+
 fn time_steps_of<E: BenchElement>(config: &Config, m: usize, n: usize, reps: usize) -> (f64, usize) {
     let desc = TensorDesc { rows: m, cols: n, param_dtype: E::DTYPE, grad_dtype: E::DTYPE, device: Device::Cpu };
     let mut state = State::new(config, &desc).unwrap();
     let mut w: Vec<E> = (0..m * n).map(|i| E::of(((i * 7919) % 1000) as f32 * 1e-3 - 0.5)).collect();
-    let g: Vec<E> = (0..m * n).map(|i| E::of(((i * 104729) % 2001) as f32 * 1e-4 - 0.1)).collect();
+    let g: Vec<E> = if std::env::var("MLORC_BENCH_GRAD").as_deref() == Ok("gaussian") {
+        gaussian(m * n, 0.03).into_iter().map(E::of).collect()
+    } else {
+        (0..m * n).map(|i| E::of(((i * 104729) % 2001) as f32 * 1e-4 - 0.1)).collect()
+    };
     let opts = StepOptions::lr(1e-4);
     // Stepped from this thread, as a trainer calls the library (each step hands its work to
     // the library's pool and waits), except with MLORC_BENCH_CLOCK=thread: that clock only
@@ -88,7 +114,8 @@ fn main() {
     let reps: usize = std::env::var("MLORC_BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(7);
     let threads = mlorc::run_on_pool(rayon::current_num_threads);
     let dtype = std::env::var("MLORC_BENCH_DTYPE").unwrap_or_else(|_| "f32".into());
-    println!("CPU step, {dtype} param and grad, {threads} threads, median of {reps} steps after 2 warm-up steps");
+    let grad = std::env::var("MLORC_BENCH_GRAD").unwrap_or_else(|_| "pattern".into());
+    println!("CPU step, {dtype} param and grad ({grad} gradient), {threads} threads, median of {reps} steps after 2 warm-up steps");
     println!(
         "| shape | dense AdamW ms | MLorc q=0 ms | ratio | MLorc q=1 ms | ratio | dense state MB | MLorc state MB | state ratio |"
     );

@@ -7,6 +7,7 @@ mod dense;
 mod factored;
 pub(crate) mod isa;
 mod segment;
+mod sign_bound;
 mod team;
 pub(crate) mod lanes;
 pub(crate) mod tile;
