@@ -564,3 +564,261 @@ def test_step_counts_of_a_batch_follow_changes_by_hand():
         assert [_capi.state_step_count(o._mlorc_handles[id(p)].ptr) for p in ps] == [12, 22, 4]
     for p, q in zip(params, twins):
         assert torch.equal(p, q)
+
+
+# -- later steps: whatever changed since the last step is seen ----------------------------------
+# After a parameter has stepped, step() skips its full checks while nothing they depend on has
+# changed (_Handle.unchanged). Each test changes one thing between steps, then compares with a
+# twin optimizer loaded from a copy of the state_dict, whose next step runs every check afresh.
+
+_SHAPES = [(24, 16), (16,), (8, 8), (6, 5)]  # factored; dense vector; square (for .t()); dense
+
+
+def _started(cls=mt.MLorcAdamW, steps=2):
+    params = _params(*_SHAPES, seed=5)
+    opt = cls(params, lr=1e-2)
+    gen = torch.Generator().manual_seed(6)
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen)
+        opt.step()
+    return params, opt
+
+
+def _twin(params, opt):
+    import copy
+
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    twin_opt = type(opt)(twins)
+    twin_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+    return twins, twin_opt
+
+
+def _step_like_twin(params, opt, via="step", grads=None):
+    """Steps opt and a twin made now with the same gradients (``grads``: already set on
+    params); asserts the same weights, state and library step counts."""
+    if grads is None:
+        gen = torch.Generator().manual_seed(7)
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen).to(p.dtype)
+    twins, twin_opt = _twin(params, opt)
+    for p, q in zip(params, twins):
+        if p.grad.dtype != q.dtype and hasattr(q, "grad_dtype"):
+            q.grad_dtype = None  # torch >= 2.10 refuses a .grad of another dtype unless told
+        q.grad = p.grad.clone()
+    if via == "step":
+        opt.step()
+    else:
+        for p in params:
+            opt.step_param(p)
+    twin_opt.step()
+    for p, q in zip(params, twins):
+        assert torch.equal(p, q)
+        st, twin_st = opt.state[p], twin_opt.state[q]
+        assert list(st) == list(twin_st)
+        for k, v in st.items():
+            assert torch.equal(v, twin_st[k]), k
+        count = _capi.state_step_count(opt._mlorc_handles[id(p)].ptr)
+        assert count == _capi.state_step_count(twin_opt._mlorc_handles[id(q)].ptr) == st["step"].item()
+
+
+def test_steady_steps_skip_the_full_checks(monkeypatch):
+    params, opt = _started()
+    prepared = []
+    full = mt._MLorcBase._prepare_param
+
+    def counted(self, p, *args):
+        if self is opt:  # not the twin's
+            prepared.append(p)
+        return full(self, p, *args)
+
+    monkeypatch.setattr(mt._MLorcBase, "_prepare_param", counted)
+    _step_like_twin(params, opt)
+    assert prepared == []
+    opt.param_groups[0]["weight_decay"] = 0.2
+    _step_like_twin(params, opt)
+    assert len(prepared) == len(params)
+    st = opt.state[params[1]]
+    st["exp_avg"] = st["exp_avg"].clone()
+    prepared.clear()
+    _step_like_twin(params, opt)
+    assert prepared == [params[1]]
+
+
+_COMMON_CHANGES = [{"betas": (0.8, 0.95)}, {"weight_decay": 0.3}, {"lr": 3e-2}, {"seed": 123}, {"power_iters": 1}]
+
+
+@pytest.mark.parametrize(
+    "cls,change",
+    [(mt.MLorcAdamW, c) for c in _COMMON_CHANGES + [{"eps": 1e-3}, {"bias_correction": False}]]
+    + [(mt.MLorcLion, c) for c in _COMMON_CHANGES],
+)
+@pytest.mark.parametrize("via", ["step", "step_param"])
+def test_hyperparameters_changed_between_steps_take_effect(cls, change, via):
+    params, opt = _started(cls)
+    group = opt.param_groups[0]
+    before = {k: group[k] for k in change}
+    group.update(change)
+    _step_like_twin(params, opt, via)
+    group.update(before)  # and back
+    _step_like_twin(params, opt, via)
+
+
+def test_a_step_that_fails_after_reconfiguring_leaves_no_stale_shortcut():
+    # The failed step has already given the library the new betas of params[0] when its bad
+    # step count stops it; with the old betas back, the next step must reconfigure again.
+    params, opt = _started()
+    group = opt.param_groups[0]
+    betas = group["betas"]
+    group["betas"] = (0.5, 0.6)
+    opt.state[params[0]]["step"].fill_(float("nan"))
+    with pytest.raises(ValueError, match="NaN"):
+        opt.step()
+    group["betas"] = betas
+    opt.state[params[0]]["step"].fill_(2.0)
+    _step_like_twin(params, opt)
+
+
+@pytest.mark.parametrize("how", ["fill_", "add_", "copy_", "data", "numpy", "new tensor"])
+@pytest.mark.parametrize("via", ["step", "step_param"])
+def test_step_count_changed_between_steps_is_used(how, via):
+    params, opt = _started()
+    st = opt.state[params[1]]
+    t = st["step"]
+    if how == "fill_":
+        t.fill_(7.0)
+    elif how == "add_":
+        t.add_(5.0)
+    elif how == "copy_":
+        t.copy_(torch.tensor(7.0))
+    elif how == "data":  # new memory, same tensor object
+        t.data = torch.tensor(7.0)
+    elif how == "numpy":  # same memory, and torch does not see the write (no _version bump)
+        t.numpy()[()] = 7.0
+    else:
+        st["step"] = torch.tensor(7.0)
+    _step_like_twin(params, opt, via)
+    assert [opt.state[p]["step"].item() for p in params] == [3, 8, 3, 3]
+
+
+def test_step_counts_with_and_without_found_inf():
+    params, opt = _started()
+    for found_inf, count in [(1.0, 2), (0.0, 3), (None, 4), (1.0, 4), (None, 5), (0.0, 6)]:
+        if found_inf is None:
+            opt.__dict__.pop("found_inf", None)
+        else:
+            opt.found_inf = torch.tensor(found_inf)
+        for p in params:
+            p.grad = torch.randn(p.shape)
+        opt.step()
+        for p in params:
+            assert opt.state[p]["step"].item() == count
+            assert _capi.state_step_count(opt._mlorc_handles[id(p)].ptr) == count
+
+
+@pytest.mark.parametrize("how", ["replaced", "data", "set_", "new dict", "cleared", "deleted"])
+@pytest.mark.parametrize("via", ["step", "step_param"])
+def test_state_buffers_changed_between_steps_are_used(how, via):
+    params, opt = _started()
+    for p in params[:3]:
+        st = opt.state[p]
+        if how == "new dict":
+            opt.state[p] = {k: v * (0.5 if k != "step" else 1.0) for k, v in st.items()}
+        elif how == "cleared":
+            st.clear()  # the parameter starts afresh
+        elif how == "deleted":
+            del opt.state[p]
+        else:
+            for name in [k for k in st if k != "step"]:
+                t, new = st[name], st[name] * 0.5  # new memory
+                if how == "replaced":
+                    st[name] = new
+                elif how == "data":
+                    t.data = new
+                else:
+                    t.set_(new)
+    _step_like_twin(params, opt, via)
+
+
+_BAD_BUFFER = r"state buffer 'exp_avg' must be a contiguous float32 tensor of shape \(8, 8\)"
+
+
+@pytest.mark.parametrize(
+    "change,error,match",
+    [
+        (lambda t: t.double(), RuntimeError, _BAD_BUFFER),
+        (lambda t: t[:4].clone(), RuntimeError, _BAD_BUFFER),
+        (lambda t: t.t(), RuntimeError, _BAD_BUFFER),
+        (None, RuntimeError, "lacks buffer 'exp_avg'"),
+    ],
+)
+def test_bad_state_buffers_set_between_steps_are_refused(change, error, match):
+    params, opt = _started()
+    st = opt.state[params[2]]
+    if change is None:
+        del st["exp_avg"]
+    else:
+        st["exp_avg"] = change(st["exp_avg"])
+    for p in params:
+        p.grad = torch.randn(p.shape)
+    snap = _snapshot(params, opt)
+    with pytest.raises(error, match=match):
+        opt.step()
+    _assert_unchanged(params, opt, snap)
+
+
+def _grad_float64(p):
+    if hasattr(p, "grad_dtype"):
+        p.grad_dtype = None  # torch >= 2.10 refuses a .grad of another dtype unless told
+    p.grad = torch.randn(p.shape, dtype=torch.float64)
+
+
+def _grad_data_float64(p):
+    p.grad.data = p.grad.data.double()  # the same gradient tensor, now float64
+
+
+@pytest.mark.parametrize(
+    "change,error,match",
+    [
+        (lambda p: p.grad.t_(), ValueError, "needs contiguous gradients"),  # the same tensor
+        (lambda p: setattr(p, "grad", torch.randn(8, 8).t()), ValueError, "needs contiguous gradients"),
+        (_grad_float64, TypeError, "gradients; got torch.float64"),
+        (_grad_data_float64, TypeError, "gradients; got torch.float64"),
+        (lambda p: setattr(p.grad, "data", torch.randn(4, 16)), ValueError, r"gradient \(4, 16\) on cpu does not"),
+        (lambda p: setattr(p, "grad", torch.randn(8, 8).to_sparse()), RuntimeError, "does not support sparse"),
+        (lambda p: setattr(p, "data", p.data.t()), ValueError, "needs contiguous parameters"),
+        (lambda p: setattr(p, "data", p.data.double()), TypeError, "got a torch.float64 parameter"),
+    ],
+)
+def test_bad_gradients_and_parameters_set_between_steps_are_refused(change, error, match):
+    params, opt = _started()
+    for p in params:
+        p.grad = torch.randn(p.shape)
+    change(params[2])
+    snap = _snapshot(params, opt)
+    with pytest.raises(error, match=match):
+        opt.step()
+    _assert_unchanged(params, opt, snap)
+
+
+@pytest.mark.parametrize("change", ["param memory", "param float16", "grad float16", "grad memory", "flat_shard"])
+def test_good_gradients_and_parameters_set_between_steps_are_used(change):
+    params, opt = _started()
+    p = params[0]
+    for q in params:
+        q.grad = torch.randn(q.shape)
+    if change == "flat_shard":  # the whole of a dense vector as a shard: no collective, same bits
+        p = mt.flat_shard(params[1], (16,), 0, 16)
+        _step_like_twin(params, opt, grads="set")
+        assert opt._mlorc_handles[id(p)].comm is not None
+        return
+    if change == "param memory":
+        p.data = p.data.clone()  # new memory, same metadata
+    elif change == "param float16":
+        p.data = p.data.half()
+        p.grad.data = p.grad.data.half()
+    elif change == "grad float16":
+        p.grad.data = p.grad.data.half()
+    else:
+        p.grad.data = p.grad.data.clone()
+    _step_like_twin(params, opt, grads="set")

@@ -11,6 +11,7 @@ them. The rest of the package never does pointer arithmetic.
 
 from __future__ import annotations
 
+import array
 import ctypes
 from ctypes import (
     CFUNCTYPE,
@@ -496,14 +497,29 @@ def has_step_many() -> bool:
     return hasattr(lib(), "mlorc_step_many")
 
 
+# The array typecode of a pointer-sized unsigned integer.
+_ADDRESS_CODE = next((c for c in "LQI" if array.array(c).itemsize == sizeof(c_void_p)), None)
+
+
+def _address_array(addresses: Sequence[int], count: int):
+    """A ``void *[count]`` of integer addresses (None: NULL). Through array.array when every
+    address is an int: 4x faster than converting each to a c_void_p."""
+    if _ADDRESS_CODE is not None:
+        try:
+            return (c_void_p * count).from_buffer(array.array(_ADDRESS_CODE, addresses))
+        except (TypeError, OverflowError):
+            pass
+    return (c_void_p * count)(*addresses)
+
+
 def step_many(states: Sequence[int], params: Sequence[int], grads: Sequence[int], options: MlorcStepOptions) -> None:
     """One mlorc_step_many call: ``states[i]`` with ``params[i]`` and ``grads[i]`` (addresses)."""
     count = len(states)
     if len(params) != count or len(grads) != count:
         raise ValueError(f"step_many: {count} states, {len(params)} params and {len(grads)} grads")
     _check(
-        lib().mlorc_step_many((c_void_p * count)(*states), (c_void_p * count)(*params), (c_void_p * count)(*grads),
-                              count, byref(options)),
+        lib().mlorc_step_many(_address_array(states, count), _address_array(params, count),
+                              _address_array(grads, count), count, byref(options)),
         "mlorc_step_many",
     )
 

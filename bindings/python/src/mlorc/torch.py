@@ -14,6 +14,7 @@ from torch.optim import Optimizer
 
 from . import _capi
 from ._capi import MlorcCollectiveError, MlorcError
+from ._shard import _ATTR as _FLAT_SHARD_ATTR
 from ._shard import FlatShard, ParamView, TorchAllReduce, _is_dtensor, flat_shard, param_view
 
 __all__ = [
@@ -38,6 +39,12 @@ _LAYOUTS = {
     "dense": _capi.MLORC_LAYOUT_DENSE,
 }
 _U64 = 1 << 64
+_STRIDED = torch.strided
+_F32 = torch.float32
+# One torch call sets many step tensors (torch >= 2.1 has it; else one fill_ each).
+_FOREACH_COPY = getattr(torch, "_foreach_copy_", None)
+# Parameter types whose metadata reads `_Handle.unchanged` trusts (no __torch_function__ of their own).
+_PLAIN_TYPES = (Tensor, torch.nn.Parameter)
 
 ParamsT = Union[Iterable[Tensor], Iterable[Dict[str, Any]]]
 
@@ -103,7 +110,8 @@ def _check_param(p: Tensor, cls: str) -> None:
 class _Handle:
     """A live MlorcState over the tensors of ``self.state[p]`` (not part of state_dict)."""
 
-    __slots__ = ("ptr", "key", "ptrs", "tensors", "config_key", "structure", "count", "infos", "comm", "signature")
+    __slots__ = ("ptr", "key", "ptrs", "tensors", "config_key", "structure", "count", "infos", "comm", "signature",
+                 "ptype", "gsig", "shape", "dtype", "device", "grad_dtype", "checks")
 
     def __init__(
         self, ptr: int, key: tuple, ptrs: tuple, tensors: list, config_key: tuple, structure: tuple
@@ -119,6 +127,68 @@ class _Handle:
         # What the handle was last checked against (group hyperparameters, parameter, gradient
         # and shard); while it and the state's tensors are unchanged, a step skips the checks.
         self.signature: Optional[tuple] = None
+        # The same for `unchanged` (plain parameters only; ptype None: always the full checks).
+        self.ptype: Optional[type] = None
+        self.gsig: Optional[tuple] = None
+        self.shape: Any = None
+        self.dtype: Any = None
+        self.device: Any = None
+        self.grad_dtype: Any = None
+        self.checks: tuple = ()  # (name, tensor, data_ptr) of each buffer
+
+    def remember(self, p: Tensor, grad: Tensor, gsig: tuple, view: ParamView) -> None:
+        """Records what a plain parameter's step passed every check with."""
+        if (
+            view.kind != "plain"
+            or type(p) not in _PLAIN_TYPES
+            or type(grad) is not Tensor
+            or any(t.numel() == 0 for t in self.tensors)
+        ):
+            self.ptype = None
+            return
+        self.ptype = type(p)
+        self.gsig = gsig
+        self.shape = p.shape
+        self.dtype = p.dtype
+        self.device = p.device
+        self.grad_dtype = grad.dtype
+        self.checks = tuple(zip([name for name, _, _ in self.infos], self.tensors, self.ptrs))
+
+    def unchanged(self, p: Tensor, grad: Tensor, gsig: tuple, states: Any) -> Optional[Dict[str, Any]]:
+        """``states[p]`` when every check of `_prepare_param` would pass as it did for
+        `remember` and `_handle_for` would return this handle as it is; else None.
+
+        The parameter and gradient can change between steps without changing identity
+        (``.data =``, ``set_``, ``t_``...), so their metadata is read again; each read here is one
+        the full checks make (an exact Tensor's layout is strided exactly when it is not sparse).
+        """
+        if (
+            type(p) is not self.ptype  # also: not a DTensor, as when remembered
+            or type(grad) is not Tensor
+            or self.gsig != gsig
+            or getattr(p, _FLAT_SHARD_ATTR, None) is not None
+        ):
+            return None
+        shape = self.shape
+        device = self.device
+        if (
+            p.layout is not _STRIDED
+            or p.dtype is not self.dtype
+            or p.shape != shape
+            or p.device != device
+            or not p.is_contiguous()
+            or grad.layout is not _STRIDED
+            or grad.dtype is not self.grad_dtype
+            or grad.shape != shape
+            or grad.device != device
+            or not grad.is_contiguous()
+        ):
+            return None
+        state = states[p]
+        for name, t, ptr in self.checks:  # holds(), for buffers that all have memory
+            if state.get(name) is not t or t.data_ptr() != ptr:
+                return None
+        return state
 
     def holds(self, state: Dict[str, Any]) -> bool:
         """Whether ``state`` still has the very tensors (and memory) this handle steps."""
@@ -141,6 +211,32 @@ class _Prepared:
         self.grad_ptr = grad_ptr
         self.options = options  # shared by every parameter of its group on one device
         self.options_key = options_key
+
+
+class _Batch:
+    """Parameters of one group and device that one library call steps (lists of addresses:
+    no per-parameter objects)."""
+
+    __slots__ = ("options", "device", "no_inf", "handles", "states", "steps", "param_ptrs", "grad_ptrs")
+
+    def __init__(self, options: Any, device: torch.device, no_inf: bool) -> None:
+        self.options = options
+        self.device = device
+        self.no_inf = no_inf  # no found_inf: each step adds one to the count
+        self.handles: List[_Handle] = []
+        self.states: List[Dict[str, Any]] = []  # optimizer state dicts
+        self.steps: List[Optional[Tensor]] = []  # see _Batch.add
+        self.param_ptrs: List[int] = []
+        self.grad_ptrs: List[int] = []
+
+    def add(self, h: _Handle, state: Dict[str, Any], step_t: Optional[Tensor], param_ptr: int, grad_ptr: int) -> None:
+        """``step_t``: ``state["step"]`` when `_record_step_counts` may set it with one
+        float32 copy for many (`_sync_step_count`'s answer), else None."""
+        self.handles.append(h)
+        self.states.append(state)
+        self.steps.append(step_t)
+        self.param_ptrs.append(param_ptr)
+        self.grad_ptrs.append(grad_ptr)
 
 
 def _destroy_handles(handles: Dict[int, _Handle]) -> None:
@@ -308,11 +404,14 @@ class _MLorcBase(Optimizer):
             d.device_ordinal = p.device.index if p.device.index is not None else torch.cuda.current_device()
         return d
 
-    def _handle_for(self, p: Tensor, group: Dict[str, Any], grad: Tensor, view: ParamView) -> _Handle:
-        """The live handle of p, (re)created over the current state tensors when needed."""
+    def _handle_for(self, p: Tensor, group: Dict[str, Any], gsig: tuple, grad: Tensor, view: ParamView) -> _Handle:
+        """The live handle of p, (re)created over the current state tensors when needed;
+        ``gsig`` is ``_group_signature(group)``."""
         state = self.state[p]
         h = self._mlorc_handles.get(id(p))
-        signature = (self._group_signature(group), p.shape, p.dtype, p.device, grad.dtype, view.begin, view.end,
+        if h is not None:
+            h.ptype = None  # no fast path until this handle passes again (`remember`)
+        signature = (gsig, p.shape, p.dtype, p.device, grad.dtype, view.begin, view.end,
                      id(view.group) if view.sharded else None)
         if h is not None and h.signature == signature and h.holds(state):
             self._sync_step_count(h, state)
@@ -381,13 +480,18 @@ class _MLorcBase(Optimizer):
         return h
 
     @staticmethod
-    def _sync_step_count(h: _Handle, state: Dict[str, Any]) -> None:
-        """Gives the library the step count of ``state["step"]`` when someone changed it."""
+    def _sync_step_count(h: _Handle, state: Dict[str, Any]) -> Optional[Tensor]:
+        """Gives the library the step count of ``state["step"]`` when someone changed it.
+        Returns ``state["step"]`` if it is a CPU float32 Tensor (then a float32 copy_ sets it
+        as fill_ does), else None."""
         step_t = state.get("step")
         count = int(step_t.item()) if isinstance(step_t, Tensor) else int(step_t or 0)
         if count != h.count:
             _capi.state_set_step_count(h.ptr, count)
             h.count = count
+        if _FOREACH_COPY is not None and type(step_t) is Tensor and step_t.dtype is _F32 and step_t.is_cpu:
+            return step_t
+        return None
 
     # -- stepping ---------------------------------------------------------------------------------
 
@@ -398,6 +502,7 @@ class _MLorcBase(Optimizer):
         self,
         p: Tensor,
         group: Dict[str, Any],
+        gsig: tuple,
         scale: Optional[Tensor],
         found_inf: Optional[Tensor],
         cache: Dict[Any, Any],
@@ -425,48 +530,72 @@ class _MLorcBase(Optimizer):
             raise ValueError(
                 f"{name} needs contiguous gradients (strides {tuple(grad.stride())}); no hidden copy is made"
             )
-        h = self._handle_for(p, group, grad, view)
-
-        def on_device(t: Tensor, tag: str) -> Tensor:
-            if t.device == p.device and t.dtype == torch.float32:
-                return t
-            k = (tag, p.device)
-            if k not in cache:
-                cache[k] = t.detach().to(device=p.device, dtype=torch.float32).reshape(())
-            return cache[k]
-
-        # The options are the same for every parameter of a group on one device.
+        h = self._handle_for(p, group, gsig, grad, view)
+        h.remember(p, grad, gsig, view)
         options_key = ("options", id(group), p.device)
-        options = cache.get(options_key)
-        if options is None:
-            lr = group["lr"]
-            if isinstance(lr, Tensor):
-                options = _capi.step_options_init(0.0)
-                lr_t = on_device(lr, "lr")
-            else:
-                options = _capi.step_options_init(float(lr))
-                lr_t = None
-            scale_t = on_device(scale, "scale") if scale is not None else None
-            inf_t = on_device(found_inf, "found_inf") if found_inf is not None else None
-            stream = None
-            if p.device.type == "cuda":
-                stream = torch.cuda.current_stream(p.device).cuda_stream
-            _capi.set_step_option_pointers(
-                options,
-                lr_ptr=lr_t.data_ptr() if lr_t is not None else None,
-                grad_scale=scale_t.data_ptr() if scale_t is not None else None,
-                found_inf=inf_t.data_ptr() if inf_t is not None else None,
-                stream=stream,
-            )
-            cache[options_key] = options
+        options = self._options(group, p.device, scale, found_inf, cache, options_key)
         return _Prepared(p, h, local.data_ptr(), grad.data_ptr(), options, options_key)
 
-    def _step_prepared(self, prep: "_Prepared") -> None:
-        h = prep.handle
+    def _options(
+        self,
+        group: Dict[str, Any],
+        device: torch.device,
+        scale: Optional[Tensor],
+        found_inf: Optional[Tensor],
+        cache: Dict[Any, Any],
+        options_key: tuple,
+    ) -> Any:
+        """The step options of a group's parameters on ``device`` (built once per step)."""
+        options = cache.get(options_key)
+        if options is not None:
+            return options
+
+        def on_device(t: Tensor, tag: str) -> Tensor:
+            if t.device == device and t.dtype == torch.float32:
+                return t
+            k = (tag, device)
+            if k not in cache:
+                cache[k] = t.detach().to(device=device, dtype=torch.float32).reshape(())
+            return cache[k]
+
+        lr = group["lr"]
+        if isinstance(lr, Tensor):
+            options = _capi.step_options_init(0.0)
+            lr_t = on_device(lr, "lr")
+        else:
+            options = _capi.step_options_init(float(lr))
+            lr_t = None
+        scale_t = on_device(scale, "scale") if scale is not None else None
+        inf_t = on_device(found_inf, "found_inf") if found_inf is not None else None
+        stream = None
+        if device.type == "cuda":
+            stream = torch.cuda.current_stream(device).cuda_stream
+        _capi.set_step_option_pointers(
+            options,
+            lr_ptr=lr_t.data_ptr() if lr_t is not None else None,
+            grad_scale=scale_t.data_ptr() if scale_t is not None else None,
+            found_inf=inf_t.data_ptr() if inf_t is not None else None,
+            stream=stream,
+        )
+        cache[options_key] = options
+        return options
+
+    def _step_one(
+        self,
+        h: _Handle,
+        state: Dict[str, Any],
+        step_t: Optional[Tensor],
+        param_ptr: int,
+        grad_ptr: int,
+        options: Any,
+        no_inf: bool,
+    ) -> None:
+        """One mlorc_step (``state``, ``step_t``: as `_Batch.add` takes them); ``no_inf``: the
+        options have no found_inf (a step adds one to the count)."""
         # An empty shard has no memory (data_ptr 0: NULL, which the library accepts for it) but
         # still takes part in every all-reduce of the step.
         try:
-            _capi.step(h.ptr, prep.param_ptr, prep.grad_ptr, prep.options)
+            _capi.step(h.ptr, param_ptr, grad_ptr, options)
         except MlorcCollectiveError as e:
             cause = h.comm.take_error() if h.comm is not None else None
             if cause is not None and not isinstance(cause, Exception):
@@ -481,30 +610,58 @@ class _MLorcBase(Optimizer):
                     e.function,
                 ) from cause
             raise
-        self._record_step_count(prep)
+        self._record_step_counts((h,), (state,), (step_t,), no_inf)
 
-    def _record_step_count(self, prep: "_Prepared") -> None:
-        """Copies the library's step count of a stepped parameter into ``state["step"]``."""
-        h = prep.handle
-        count = _capi.state_step_count(h.ptr)
-        if count != h.count:
-            h.count = count
-            self.state[prep.param]["step"].fill_(float(count))
+    def _step_prepared(self, prep: "_Prepared", no_inf: bool) -> None:
+        state = self.state[prep.param]
+        self._step_one(prep.handle, state, None, prep.param_ptr, prep.grad_ptr, prep.options, no_inf)
 
-    def _step_batch(self, batch: List["_Prepared"]) -> None:
+    def _record_step_counts(
+        self,
+        handles: Sequence[_Handle],
+        states: Sequence[Dict[str, Any]],
+        steps: Sequence[Optional[Tensor]],
+        stepped: bool,
+    ) -> None:
+        """Copies the library's step counts of states just stepped into ``state["step"]``.
+
+        ``stepped``: every call succeeded without found_inf, so each count went up by one (the
+        library's contract) and needs no query.
+        """
+        fills: Dict[int, List[Tensor]] = {}
+        try:
+            for h, state, t in zip(handles, states, steps):
+                count = h.count + 1 if stepped else _capi.state_step_count(h.ptr)
+                if count != h.count:
+                    h.count = count
+                    if t is None:
+                        state["step"].fill_(float(count))
+                    else:
+                        ts = fills.get(count)
+                        if ts is None:
+                            fills[count] = [t]
+                        else:
+                            ts.append(t)
+        finally:
+            # A float32 copy_ writes what fill_(float(count)) does, in one torch call per count.
+            for count, ts in fills.items():
+                src = torch.tensor(float(count), dtype=torch.float32)
+                _FOREACH_COPY(ts, [src] * len(ts))
+
+    def _step_batch(self, batch: "_Batch") -> None:
         """Steps parameters that share their step options in one library call (the library
         spreads the tensors over its threads)."""
-        if len(batch) == 1 or not _capi.has_step_many():
-            for prep in batch:
-                self._step_prepared(prep)
+        if len(batch.handles) == 1 or not _capi.has_step_many():
+            for h, state, t, pp, gp in zip(batch.handles, batch.states, batch.steps, batch.param_ptrs, batch.grad_ptrs):
+                self._step_one(h, state, t, pp, gp, batch.options, batch.no_inf)
             return
+        ok = False
         try:
-            _capi.step_many([b.handle.ptr for b in batch], [b.param_ptr for b in batch], [b.grad_ptr for b in batch],
-                            batch[0].options)
+            _capi.step_many([h.ptr for h in batch.handles], batch.param_ptrs, batch.grad_ptrs, batch.options)
+            ok = True
         finally:
             # Past its checks, a failed call may have stepped some tensors: keep every count true.
-            for prep in batch:
-                self._record_step_count(prep)
+            self._record_step_counts(batch.handles, batch.states, batch.steps, ok and batch.no_inf)
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:  # type: ignore[override]
@@ -522,26 +679,61 @@ class _MLorcBase(Optimizer):
         for group in self.param_groups:
             self._validate_group(group)
         scale, found_inf = self._scaler_tensors()
+        no_inf = found_inf is None
         cache: Dict[Any, Any] = {}
+        handles = self._mlorc_handles
+        states = self.state
         # Every parameter is checked before any steps. Sharded parameters step one by one, in
         # order (their all-reduces must match across ranks); the others in one library call per
         # group and device.
         sharded: List[_Prepared] = []
-        batches: Dict[Any, List[_Prepared]] = {}
+        batches: Dict[Any, _Batch] = {}
         for group in self.param_groups:
+            gsig = self._group_signature(group)
+            batch: Optional[_Batch] = None  # the last parameter's
             for p in group["params"]:
-                prep = self._prepare_param(p, group, scale, found_inf, cache)
+                grad = p.grad
+                if grad is None:
+                    continue
+                h = handles.get(id(p))
+                state = h.unchanged(p, grad, gsig, states) if h is not None else None
+                if state is not None:
+                    # Nothing the checks depend on changed since they last passed.
+                    step_t = self._sync_step_count(h, state)
+                    device = h.device
+                    if batch is None or batch.device != device:
+                        batch = self._batch(batches, group, device, scale, found_inf, cache)
+                    batch.add(h, state, step_t, p.data_ptr(), grad.data_ptr())
+                    continue
+                prep = self._prepare_param(p, group, gsig, scale, found_inf, cache)
                 if prep is None:
                     continue
                 if prep.handle.comm is not None:
                     sharded.append(prep)
                 else:
-                    batches.setdefault(prep.options_key, []).append(prep)
+                    batch = self._batch(batches, group, prep.options_key[2], scale, found_inf, cache)
+                    batch.add(prep.handle, states[p], None, prep.param_ptr, prep.grad_ptr)
         for prep in sharded:
-            self._step_prepared(prep)
+            self._step_prepared(prep, no_inf)
         for batch in batches.values():
             self._step_batch(batch)
         return loss
+
+    def _batch(
+        self,
+        batches: Dict[Any, "_Batch"],
+        group: Dict[str, Any],
+        device: torch.device,
+        scale: Optional[Tensor],
+        found_inf: Optional[Tensor],
+        cache: Dict[Any, Any],
+    ) -> "_Batch":
+        key = ("options", id(group), device)
+        b = batches.get(key)
+        if b is None:
+            options = self._options(group, device, scale, found_inf, cache, key)
+            b = batches[key] = _Batch(options, device, found_inf is None)
+        return b
 
     @torch.no_grad()
     def step_param(self, p: Tensor) -> None:
@@ -560,9 +752,21 @@ class _MLorcBase(Optimizer):
         self._validate_group(group)
         self._opt_called = True  # what torch's LR-scheduler step wrapper records
         scale, found_inf = self._scaler_tensors()
-        prep = self._prepare_param(p, group, scale, found_inf, {})
+        grad = p.grad
+        if grad is None:
+            return
+        gsig = self._group_signature(group)
+        h = self._mlorc_handles.get(id(p))
+        state = h.unchanged(p, grad, gsig, self.state) if h is not None else None
+        if state is not None:
+            step_t = self._sync_step_count(h, state)
+            key = ("options", id(group), h.device)
+            options = self._options(group, h.device, scale, found_inf, {}, key)
+            self._step_one(h, state, step_t, p.data_ptr(), grad.data_ptr(), options, found_inf is None)
+            return
+        prep = self._prepare_param(p, group, gsig, scale, found_inf, {})
         if prep is not None:
-            self._step_prepared(prep)
+            self._step_prepared(prep, found_inf is None)
 
     # -- memory -----------------------------------------------------------------------------------
 
