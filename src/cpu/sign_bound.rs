@@ -39,6 +39,9 @@ struct RowLead {
     lead: f64,
     /// The whole row of a is zero: its entries are ±0.
     zero: bool,
+    /// No chunk can pass (ρ_i²·κ² is over the limit even for the chunk of smallest κ²): one
+    /// test per chunk instead of several, where the bound does not help.
+    hopeless: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -53,13 +56,13 @@ struct ChunkLead {
 
 impl SignBound {
     /// The bound for a = `us` (rows × rank, row-major) and b = `vg` (groups × rank vectors of
-    /// eight columns). None where it cannot be trusted: a non-finite factor or a rank above
-    /// `MAX_RANK`.
+    /// eight columns). None where it cannot be trusted (a non-finite factor, a rank above
+    /// `MAX_RANK`) or passes nothing.
     pub fn new(us: &[f32], vg: &[F8], rank: usize) -> Option<SignBound> {
         if rank == 0 || rank > MAX_RANK || !us.iter().all(|x| x.is_finite()) || !vg.iter().flatten().all(|x| x.is_finite()) {
             return None;
         }
-        let rows = us
+        let mut rows: Vec<RowLead> = us
             .chunks_exact(rank)
             .map(|a| {
                 let lead = a[0] as f64;
@@ -69,18 +72,25 @@ impl SignBound {
                     ratio: rest / (lead * lead),
                     lead: lead.abs(),
                     zero: lead == 0.0 && rest == 0.0,
+                    hopeless: false,
                 }
             })
             .collect();
         let groups = vg.len() / rank;
-        let chunks = (0..groups.div_ceil(GROUPS))
+        let chunks: Vec<ChunkLead> = (0..groups.div_ceil(GROUPS))
             .map(|c| {
                 let mut chunk = ChunkLead { ratio: [0.0; 2], lead_min: f64::INFINITY, lead_max: 0.0 };
                 for g in c * GROUPS..((c + 1) * GROUPS).min(groups) {
                     let b = &vg[g * rank..(g + 1) * rank];
+                    // Lane-wise sums of squares, l outer: vectorizes.
+                    let mut rests = [0f64; LANES];
+                    for v in &b[1..] {
+                        for t in 0..LANES {
+                            rests[t] += v[t] as f64 * v[t] as f64;
+                        }
+                    }
                     for t in 0..LANES {
-                        let lead = b[0][t] as f64;
-                        let rest = b[1..].iter().map(|v| v[t] as f64 * v[t] as f64).sum::<f64>();
+                        let (lead, rest) = (b[0][t] as f64, rests[t]);
                         if lead == 0.0 {
                             if rest != 0.0 {
                                 chunk.ratio = [f64::INFINITY; 2];
@@ -102,14 +112,28 @@ impl SignBound {
         // subnormal roundings.
         let eps = 4.0 * rank as f64 * f64::powi(2.0, -24) + f64::powi(2.0, -40);
         let limit = (1.0 - eps) / (1.0 + eps);
-        Some(SignBound { rows, chunks, limit: limit * limit })
+        let limit = limit * limit;
+        let smallest = |sign: usize| chunks.iter().map(|c: &ChunkLead| c.ratio[sign]).fold(f64::INFINITY, f64::min);
+        let smallest = [smallest(0), smallest(1)];
+        for row in &mut rows {
+            row.hopeless = !row.zero && !row.sign.is_some_and(|sign| row.ratio * smallest[sign] <= limit);
+        }
+        // Where no row can pass, nobody should pay for asking.
+        if rows.iter().all(|row| row.hopeless) {
+            return None;
+        }
+        Some(SignBound { rows, chunks, limit })
     }
 
     /// Whether every entry of row `row` in chunk `chunk` (column groups chunk·GROUPS ..) is
     /// computed ≥ 0 (or NaN-free ±0) by the kernels.
     #[inline]
     pub fn nonnegative(&self, row: usize, chunk: usize) -> bool {
-        let (r, c) = (&self.rows[row], &self.chunks[chunk]);
+        let r = &self.rows[row];
+        if r.hopeless {
+            return false;
+        }
+        let c = &self.chunks[chunk];
         if r.zero || c.lead_max == 0.0 && c.ratio == [0.0; 2] {
             return true; // a zero row, or a chunk of zero columns
         }
@@ -188,11 +212,11 @@ mod tests {
         for rank in [1, 2, 3, 4, 8, 16] {
             for dominance in [0.5f32, 1.0, 2.0, 4.0, 50.0, 1e4] {
                 let (us, v) = factors(&mut g, m, n, rank, dominance);
-                let bound = SignBound::new(&us, &group_major(&v, n, rank), rank).expect("finite factors");
+                let bound = SignBound::new(&us, &group_major(&v, n, rank), rank);
                 let mut passed = 0;
                 for i in 0..m {
                     for c in 0..n.div_ceil(tile::CHUNK) {
-                        if !bound.nonnegative(i, c) {
+                        if !bound.as_ref().is_some_and(|b| b.nonnegative(i, c)) {
                             continue;
                         }
                         passed += 1;
@@ -217,8 +241,8 @@ mod tests {
             // Row (1, t), column (1, −1): the entry is 1 − t.
             let us = [1.0f32, excess as f32];
             let v = [1.0f32, -1.0];
-            let bound = SignBound::new(&us, &group_major(&v, 1, 2), 2).unwrap();
-            assert_eq!(bound.nonnegative(0, 0), expect, "t = {excess}");
+            let bound = SignBound::new(&us, &group_major(&v, 1, 2), 2);
+            assert_eq!(bound.is_some_and(|b| b.nonnegative(0, 0)), expect, "t = {excess}");
         }
     }
 
@@ -229,19 +253,19 @@ mod tests {
         assert!(SignBound::new(&[f32::NAN, 0.0], &v, 2).is_none());
         assert!(SignBound::new(&[f32::INFINITY, 0.0], &v, 2).is_none());
         // Lead products far below 2^-100 or above 2^100.
-        let tiny = SignBound::new(&[1e-35, 0.0], &group_major(&[1e-35, 0.0], 1, 2), 2).unwrap();
-        assert!(!tiny.nonnegative(0, 0));
-        let huge = SignBound::new(&[1e20, 0.0], &group_major(&[1e20, 0.0], 1, 2), 2).unwrap();
-        assert!(!huge.nonnegative(0, 0));
+        let tiny = SignBound::new(&[1e-35, 0.0], &group_major(&[1e-35, 0.0], 1, 2), 2);
+        assert!(!tiny.is_some_and(|b| b.nonnegative(0, 0)));
+        let huge = SignBound::new(&[1e20, 0.0], &group_major(&[1e20, 0.0], 1, 2), 2);
+        assert!(!huge.is_some_and(|b| b.nonnegative(0, 0)));
         // Opposite signs of the first terms, and a zero first term with a non-zero rest.
-        let opposite = SignBound::new(&[1.0, 0.0], &group_major(&[-1.0, 0.0], 1, 2), 2).unwrap();
-        assert!(!opposite.nonnegative(0, 0));
-        let no_lead = SignBound::new(&[0.0, 1.0], &group_major(&[1.0, 0.0], 1, 2), 2).unwrap();
-        assert!(!no_lead.nonnegative(0, 0));
-        let column_without_lead = SignBound::new(&[1.0, 0.5], &group_major(&[0.0, 1.0], 1, 2), 2).unwrap();
-        assert!(!column_without_lead.nonnegative(0, 0));
+        let opposite = SignBound::new(&[1.0, 0.0], &group_major(&[-1.0, 0.0], 1, 2), 2);
+        assert!(!opposite.is_some_and(|b| b.nonnegative(0, 0)));
+        let no_lead = SignBound::new(&[0.0, 1.0], &group_major(&[1.0, 0.0], 1, 2), 2);
+        assert!(!no_lead.is_some_and(|b| b.nonnegative(0, 0)));
+        let column_without_lead = SignBound::new(&[1.0, 0.5], &group_major(&[0.0, 1.0], 1, 2), 2);
+        assert!(!column_without_lead.is_some_and(|b| b.nonnegative(0, 0)));
         // A zero row passes whatever the columns.
-        let zero_row = SignBound::new(&[0.0, 0.0], &group_major(&[-1.0, 3.0], 1, 2), 2).unwrap();
-        assert!(zero_row.nonnegative(0, 0));
+        let zero_row = SignBound::new(&[0.0, 0.0], &group_major(&[-1.0, 3.0], 1, 2), 2);
+        assert!(zero_row.is_some_and(|b| b.nonnegative(0, 0)));
     }
 }
