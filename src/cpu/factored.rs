@@ -847,35 +847,21 @@ fn first_moment_sketch(terms: &MomentTerms, vtx: &[f32], rank: usize, k: usize, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::sign_bound::tests::{factors, group_major, Gen};
 
     /// Skipping the chunks the bound passes leaves the sweep's statistics bit for bit the same,
     /// on factors from dominant (most chunks skipped) to not (negatives everywhere), every rank
     /// kernel (3: the run-time rank), an odd row count and a last chunk of padded groups.
     #[test]
     fn skipping_passed_chunks_changes_no_bit() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut uniform = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 40) as f32 / (1u64 << 23) as f32) - 1.0
-        };
+        let mut g = Gen(0x2545_f491_4f6c_dd1d);
         let (m, n) = (27, 2 * tile::CHUNK + 45);
         let groups = tile::groups(n);
         let mut skipped_some = false;
         for rank in [1, 2, 3, 4, 8, 16] {
             for dominance in [1.0f32, 3.0, 30.0] {
-                let mut us = vec![0f32; m * rank];
-                for (i, x) in us.iter_mut().enumerate() {
-                    *x = if i % rank == 0 { 0.5 + uniform().abs() } else { uniform() / dominance };
-                }
-                let mut vg = vec![tile::ZERO; groups * rank];
-                for j in 0..n {
-                    for l in 0..rank {
-                        *tile::group_major(&mut vg, rank, j, l) = if l == 0 { 0.5 + uniform().abs() } else { uniform() / dominance };
-                    }
-                }
-                let terms = MomentTerms { us, vg, fill: 0.0, beta: 0.999, weight: 0.001 };
+                let (us, v) = factors(&mut g, m, n, rank, dominance);
+                let terms = MomentTerms { us, vg: group_major(&v, n, rank), fill: 0.0, beta: 0.999, weight: 0.001 };
                 let bound = SignBound::new(&terms.us, &terms.vg, rank);
                 skipped_some |= bound.as_ref().is_some_and(|b| (0..m).any(|i| (0..groups.div_ceil(GROUPS)).any(|c| b.nonnegative(i, c))));
                 for start in (0..m).step_by(ROW_BLOCK) {

@@ -144,14 +144,14 @@ impl SignBound {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::cpu::tile;
 
     /// A small deterministic generator (xorshift), uniform in [-1, 1).
-    struct Gen(u64);
+    pub(crate) struct Gen(pub u64);
     impl Gen {
-        fn next(&mut self) -> f32 {
+        pub fn next(&mut self) -> f32 {
             self.0 ^= self.0 << 13;
             self.0 ^= self.0 >> 7;
             self.0 ^= self.0 << 17;
@@ -159,7 +159,8 @@ mod tests {
         }
     }
 
-    fn group_major(v: &[f32], n: usize, rank: usize) -> Vec<F8> {
+    /// `v` (n × rank, row-major) as the kernels read V: group-major, zero-padded.
+    pub(crate) fn group_major(v: &[f32], n: usize, rank: usize) -> Vec<F8> {
         let mut vg = vec![tile::ZERO; tile::groups(n) * rank];
         for j in 0..n {
             for l in 0..rank {
@@ -176,7 +177,7 @@ mod tests {
 
     /// Factors whose first term dominates by `dominance` (scaled per row and column), with
     /// signs flipped at random and a few zero rows and columns.
-    fn factors(g: &mut Gen, m: usize, n: usize, rank: usize, dominance: f32) -> (Vec<f32>, Vec<f32>) {
+    pub(crate) fn factors(g: &mut Gen, m: usize, n: usize, rank: usize, dominance: f32) -> (Vec<f32>, Vec<f32>) {
         let mut us = vec![0f32; m * rank];
         let mut v = vec![0f32; n * rank];
         let flip = if g.next() < 0.0 { -1.0 } else { 1.0 };
