@@ -113,6 +113,19 @@ impl MomentTerms {
         S::mul_add(S::splat(self.beta), old, S::mul(S::splat(self.weight), h))
     }
 
+    /// What AdamW's sketch accumulates for the second moment: the new moment, or with
+    /// `REBUILD` false only its gradient part (1 − β)·g², for chunks whose rebuild the caller
+    /// adds as a low-rank product. Bit for bit the new moment with β = 0 there (β·old is ±0
+    /// for the finite old values of such chunks), so both ways give the same bits.
+    #[inline(always)]
+    pub fn sketched<S: Lanes, const REBUILD: bool>(&self, rank: usize, row: usize, group: usize, g: S::V) -> S::V {
+        if REBUILD {
+            self.step::<S, true>(rank, row, group, g).1
+        } else {
+            S::mul(S::splat(self.weight), S::mul(g, g))
+        }
+    }
+
     /// Row `row` of U·diag(S) as splats, for the kernels of a rank known at compile time.
     #[inline(always)]
     pub fn row_splats<S: Arith, const RANK: usize>(&self, row: usize) -> [S::V; RANK] {
@@ -148,9 +161,10 @@ pub fn update_lion<S: Arith>(s: &StepScalars, w: S::V, m: S::V, g: S::V) -> S::V
 
 /// Sketch accumulators of one row of AdamW's second moment (the only one sketched from a rebuild:
 /// its non-negativity fix does not split): acc[l] += V_t[row, group]·X[group, l] over the groups
-/// of one chunk (`g` holds the chunk's gradient, zero-padded to whole groups).
+/// of one chunk (`g` holds the chunk's gradient, zero-padded to whole groups). Without
+/// `REBUILD`, only the gradient's part (`MomentTerms::sketched`).
 #[inline(always)]
-pub fn sketch_chunk<S: Lanes, G: Packed, const K: usize>(
+pub fn sketch_chunk<S: Lanes, G: Packed, const K: usize, const REBUILD: bool>(
     terms: &MomentTerms,
     xg: &[F8],
     rank: usize,
@@ -161,7 +175,7 @@ pub fn sketch_chunk<S: Lanes, G: Packed, const K: usize>(
 ) {
     for (gi, g8) in g.iter().enumerate() {
         let group = group0 + gi;
-        let (_, a) = terms.step::<S, true>(rank, row, group, G::load::<S>(g8));
+        let a = terms.sketched::<S, REBUILD>(rank, row, group, G::load::<S>(g8));
         let x = &xg[group * K..(group + 1) * K];
         for l in 0..K {
             acc[l] = S::mul_add(a, S::load(&x[l]), acc[l]);
@@ -171,11 +185,11 @@ pub fn sketch_chunk<S: Lanes, G: Packed, const K: usize>(
 
 /// AdamW's sketch accumulators of one row over one chunk, for a rank known at compile time:
 /// `acc0` as `sketch_chunk_grad` (the first moment's gradient part), `acc1` the second
-/// moment's as `sketch_chunk` (same operations, same order). The row's U·S splats are made
+/// moment's as `sketch_chunk::<REBUILD>` (same operations, same order). The row's U·S splats are made
 /// once per chunk, V and X are walked without index checks, and one loop gives the
 /// out-of-order core both sets of independent chains at once.
 #[inline(always)]
-pub fn sketch_chunk_both<S: Lanes, G: Packed, const K: usize, const RANK: usize>(
+pub fn sketch_chunk_both<S: Lanes, G: Packed, const K: usize, const RANK: usize, const REBUILD: bool>(
     terms: &MomentTerms,
     x0: &[F8],
     x1: &[F8],
@@ -196,8 +210,12 @@ pub fn sketch_chunk_both<S: Lanes, G: Packed, const K: usize, const RANK: usize>
         for l in 0..K {
             acc0[l] = S::mul_add(gv, S::load(&xa[l]), acc0[l]);
         }
-        let old = S::fill_negative(rebuild_fixed::<S, RANK>(&us, v), fill);
-        let new = S::mul_add(beta, old, S::mul(weight, S::mul(gv, gv)));
+        let new = if REBUILD {
+            let old = S::fill_negative(rebuild_fixed::<S, RANK>(&us, v), fill);
+            S::mul_add(beta, old, S::mul(weight, S::mul(gv, gv)))
+        } else {
+            S::mul(weight, S::mul(gv, gv))
+        };
         for l in 0..K {
             acc1[l] = S::mul_add(new, S::load(&xb[l]), acc1[l]);
         }
@@ -231,7 +249,7 @@ pub fn sketch_chunk_grad_dyn<S: Lanes>(xg: &[F8], k: usize, group0: usize, g: &[
 
 /// The same for a sketch width known only at run time (accumulators in memory).
 #[inline(always)]
-pub fn sketch_chunk_dyn<S: Lanes>(
+pub fn sketch_chunk_dyn<S: Lanes, const REBUILD: bool>(
     terms: &MomentTerms,
     xg: &[F8],
     rank: usize,
@@ -243,7 +261,7 @@ pub fn sketch_chunk_dyn<S: Lanes>(
 ) {
     for (gi, g8) in g.iter().enumerate() {
         let group = group0 + gi;
-        let (_, a) = terms.step::<S, true>(rank, row, group, S::load(g8));
+        let a = terms.sketched::<S, REBUILD>(rank, row, group, S::load(g8));
         let x = &xg[group * k..(group + 1) * k];
         for (dst, xl) in acc.iter_mut().zip(x) {
             S::store(S::mul_add(a, S::load(xl), S::load(dst)), dst);

@@ -289,18 +289,22 @@ unsafe fn both_halves(p: *const F8) -> __m512 {
 /// `tile::sketch_chunk_both` for two rows at once: lanes 0–7 are row `rows[0]`, lanes 8–15 row
 /// `rows[1]`, each lane with the operations of the eight-lane kernel in its order (the
 /// accumulators still sum each row's groups in column order), so the same bits. `acc` holds
-/// both rows' accumulators between chunks: [moment][l][lane].
+/// both rows' accumulators between chunks: [moment][l][lane]. `betas` is the second moment's β
+/// per row: 0 for a row whose chunk the caller adds as a low-rank product (as
+/// `MomentTerms::sketched` without the rebuild: the same bits); without `REBUILD` neither row's
+/// rebuild is made and `betas` is not read.
 ///
 /// # Safety
 /// The CPU has AVX-512F; `grads[0]` and `grads[1]` each hold `groups` groups of f32
 /// (`BF16` false) or bf16 (true), and `x0`, `x1` and `terms.vg` hold K vectors for each group
 /// `group0 .. group0 + groups`.
 #[target_feature(enable = "avx512f")]
-pub unsafe fn sketch_chunk_both_pair<const K: usize, const BF16: bool>(
+pub unsafe fn sketch_chunk_both_pair<const K: usize, const BF16: bool, const REBUILD: bool>(
     terms: &MomentTerms,
     x0: &[F8],
     x1: &[F8],
     rows: [usize; 2],
+    betas: [f32; 2],
     group0: usize,
     groups: usize,
     grads: [*const u8; 2],
@@ -308,7 +312,8 @@ pub unsafe fn sketch_chunk_both_pair<const K: usize, const BF16: bool>(
 ) {
     // SAFETY (every intrinsic below): registers, and the operands' bounds (the contract).
     let us = unsafe { pair_splats::<K>(terms, rows) };
-    let (fill, beta, weight) = (Zmm::splat(terms.fill), Zmm::splat(terms.beta), Zmm::splat(terms.weight));
+    let beta = unsafe { rows_pair(_mm256_set1_ps(betas[0]), _mm256_set1_ps(betas[1])) };
+    let (fill, weight) = (Zmm::splat(terms.fill), Zmm::splat(terms.weight));
     let (mut acc0, mut acc1) = ([Zmm::zero(); K], [Zmm::zero(); K]);
     for l in 0..K {
         unsafe {
@@ -323,12 +328,16 @@ pub unsafe fn sketch_chunk_both_pair<const K: usize, const BF16: bool>(
         for l in 0..K {
             acc0[l] = Zmm::mul_add(g, unsafe { both_halves(x0.add(group * K + l)) }, acc0[l]);
         }
-        let mut old = Zmm::zero();
-        for l in 0..K {
-            old = Zmm::mul_add(us[l], unsafe { both_halves(vg.add(group * K + l)) }, old);
-        }
-        let old = Zmm::fill_negative(old, fill);
-        let new = Zmm::mul_add(beta, old, Zmm::mul(weight, Zmm::mul(g, g)));
+        let new = if REBUILD {
+            let mut old = Zmm::zero();
+            for l in 0..K {
+                old = Zmm::mul_add(us[l], unsafe { both_halves(vg.add(group * K + l)) }, old);
+            }
+            let old = Zmm::fill_negative(old, fill);
+            Zmm::mul_add(beta, old, Zmm::mul(weight, Zmm::mul(g, g)))
+        } else {
+            Zmm::mul(weight, Zmm::mul(g, g))
+        };
         for l in 0..K {
             acc1[l] = Zmm::mul_add(new, unsafe { both_halves(x1.add(group * K + l)) }, acc1[l]);
         }

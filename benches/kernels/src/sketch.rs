@@ -15,10 +15,10 @@ multiversion! {
             let row = &g[i * groups..(i + 1) * groups];
             let (mut a0, mut a1) = ([S::zero(); K], [S::zero(); K]);
             if fused {
-                tile::sketch_chunk_both::<S, F32s, K, 4>(terms, x0, x1, i, 0, row, &mut a0, &mut a1);
+                tile::sketch_chunk_both::<S, F32s, K, 4, true>(terms, x0, x1, i, 0, row, &mut a0, &mut a1);
             } else {
                 tile::sketch_chunk_grad::<S, F32s, K>(x0, 0, row, &mut a0);
-                tile::sketch_chunk::<S, F32s, K>(terms, x1, 4, i, 0, row, &mut a1);
+                tile::sketch_chunk::<S, F32s, K, true>(terms, x1, 4, i, 0, row, &mut a1);
             }
             for l in 0..K {
                 out[i * 2 * K + l] = tile::sum_lanes(&S::to_array(a0[l]));
