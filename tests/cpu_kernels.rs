@@ -39,9 +39,11 @@ fn all_cases() -> Vec<(String, Outcome)> {
     let settings = [
         (Algorithm::AdamW, LayoutRequest::Factored, 4, 0, 0),
         (Algorithm::AdamW, LayoutRequest::Factored, 3, 2, 1),
+        (Algorithm::AdamW, LayoutRequest::Factored, 4, 0, 1),
         (Algorithm::AdamW, LayoutRequest::Factored, 16, 0, 0),
         (Algorithm::Lion, LayoutRequest::Factored, 4, 0, 0),
         (Algorithm::Lion, LayoutRequest::Factored, 2, 3, 1),
+        (Algorithm::Lion, LayoutRequest::Factored, 4, 0, 1),
         (Algorithm::AdamW, LayoutRequest::Dense, 4, 0, 0),
         (Algorithm::Lion, LayoutRequest::Dense, 4, 0, 0),
     ];

@@ -275,6 +275,11 @@ impl FactoredPasses for CpuFactored<'_> {
                 *b += e;
             }
         }
+        if !update_weights {
+            // The kernels left the first moment's rebuild out of the whole rows (`tile::project_rows`).
+            let w = &mut self.work[0];
+            add_first_low_rank(&self.terms[0], &w.y, body, self.plan.rank, k, n, &mut w.bt);
+        }
         self.sum_across_group(|w| &mut w.bt, "projection")
     }
 
@@ -963,6 +968,27 @@ fn add_second_low_rank(source: &Source, products: &ChunkProducts, row: usize, pa
     for (l, out) in y.iter_mut().enumerate() {
         let low_rank: f64 = us.iter().enumerate().map(|(p, &a)| a as f64 * w[p * k + l]).sum();
         *out += terms.beta * low_rank as f32;
+    }
+}
+
+/// Adds the first moment's rebuild over rows `rows` to its projection Bᵀ = AᵀQ (n × k):
+/// β·V·((U·S)ᵀQ), with (U·S)ᵀQ summed in f64 in row order.
+fn add_first_low_rank(terms: &MomentTerms, q: &[f32], rows: std::ops::Range<usize>, rank: usize, k: usize, n: usize, bt: &mut [f32]) {
+    let mut usq = vec![0f64; rank * k];
+    for i in rows {
+        for p in 0..rank {
+            let a = terms.us[i * rank + p] as f64;
+            for l in 0..k {
+                usq[p * k + l] += a * q[i * k + l] as f64;
+            }
+        }
+    }
+    for (j, out) in bt.chunks_exact_mut(k).enumerate().take(n) {
+        let v = &terms.vg[j / LANES * rank..(j / LANES + 1) * rank];
+        for (l, b) in out.iter_mut().enumerate() {
+            let low_rank: f64 = (0..rank).map(|p| v[p][j % LANES] as f64 * usq[p * k + l]).sum();
+            *b += terms.beta * low_rank as f32;
+        }
     }
 }
 

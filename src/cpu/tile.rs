@@ -275,7 +275,9 @@ pub fn sketch_chunk_dyn<S: Lanes, const REBUILD: bool>(
 /// rows of a block in registers before one store gives the same bits as one row at a time.
 /// `grads[r]` holds row r's gradient (whole groups); `weights`, when given, the rows' weights,
 /// updated in place by `scalars`. `ADAMW`: two moments, else Lion's one. `RK` > 0: rank = k =
-/// RK, known at compile time (`project_rows_fixed`).
+/// RK, known at compile time (`project_rows_fixed`). Without weights (a power iteration's
+/// projection) nothing needs the first moment elementwise, so its rebuild is left out: A_0 here
+/// is only (1 − β)·G, and the caller adds β·V·((U·S)ᵀQ).
 #[inline(always)]
 pub fn project_rows<S: Lanes, G: Packed, W: Packed, const R: usize, const ADAMW: bool, const RK: usize>(
     moments: &[MomentTerms],
@@ -327,7 +329,11 @@ pub fn project_rows<S: Lanes, G: Packed, W: Packed, const R: usize, const ADAMW:
         let mut olds = [S::zero(); R];
         let mut firsts = [S::zero(); R];
         for r in 0..R {
-            (olds[r], firsts[r]) = moments[0].step::<S, false>(rank, row0 + r, group, g[r]);
+            if update.is_none() {
+                firsts[r] = S::mul(S::splat(moments[0].weight), g[r]);
+            } else {
+                (olds[r], firsts[r]) = moments[0].step::<S, false>(rank, row0 + r, group, g[r]);
+            }
         }
         accumulate::<S, R>(bacc, qs[0], k, row0, 0, bstride, &firsts);
         let mut seconds = [S::zero(); R];
@@ -439,6 +445,7 @@ pub fn project_rows_fixed<S: Lanes, G: Packed, W: Packed, const R: usize, const 
         vgs[mo] = &moments[mo].vg[group0 * RANK..(group0 + groups) * RANK];
     }
     let bacc = bacc.as_mut_ptr();
+    let (first_low_rank, first_weight) = (update.is_none(), S::splat(moments[0].weight));
     /// bacc[(first + l)·bstride + gi] += Σ_r q[r][l]·news[r], rows in order.
     #[inline(always)]
     unsafe fn accumulate<S: Lanes, const R: usize, const K: usize>(bacc: *mut F8, q: &[[f32; K]; R], first: usize, bstride: usize, gi: usize, news: &[S::V; R]) {
@@ -462,8 +469,12 @@ pub fn project_rows_fixed<S: Lanes, G: Packed, W: Packed, const R: usize, const 
         let mut olds = [S::zero(); R];
         let mut firsts = [S::zero(); R];
         for r in 0..R {
-            olds[r] = rebuild_fixed::<S, RANK>(&us[0][r], vm);
-            firsts[r] = moments[0].mix::<S>(olds[r], g[r]);
+            if first_low_rank {
+                firsts[r] = S::mul(first_weight, g[r]);
+            } else {
+                olds[r] = rebuild_fixed::<S, RANK>(&us[0][r], vm);
+                firsts[r] = moments[0].mix::<S>(olds[r], g[r]);
+            }
         }
         // SAFETY (accumulate): the bounds asserted above.
         unsafe { accumulate::<S, R, K>(bacc, &q[0], 0, bstride, gi, &firsts) };

@@ -191,6 +191,9 @@ pub unsafe fn project_rows_wide<const R: usize, const ADAMW: bool, const RANK: u
         vgs[mo] = moments[mo].vg[group0 * RANK..].as_ptr();
     }
     let fill = Zmm::splat(if ADAMW { moments[1].fill } else { 0.0 });
+    // Without an update the first moment's rebuild is left to the caller (`tile::project_rows`).
+    let first_low_rank = update.is_none();
+    let first_weight = Zmm::splat(moments[0].weight);
     let pairs = groups / 2;
     for gi in (0..2 * pairs).step_by(2) {
         // SAFETY (every access below): gi + 1 < groups, inside every operand (the contract).
@@ -201,8 +204,12 @@ pub unsafe fn project_rows_wide<const R: usize, const ADAMW: bool, const RANK: u
         let mut olds = [Zmm::zero(); R];
         let mut firsts = [Zmm::zero(); R];
         for r in 0..R {
-            olds[r] = unsafe { rebuild_pair::<RANK>(&us[0][r], vgs[0], gi) };
-            firsts[r] = moments[0].mix::<Zmm>(olds[r], g[r]);
+            if first_low_rank {
+                firsts[r] = Zmm::mul(first_weight, g[r]);
+            } else {
+                olds[r] = unsafe { rebuild_pair::<RANK>(&us[0][r], vgs[0], gi) };
+                firsts[r] = moments[0].mix::<Zmm>(olds[r], g[r]);
+            }
         }
         unsafe { accumulate::<R, K>(bacc, &q[0], 0, bstride, gi, &firsts) };
         let mut seconds = [Zmm::zero(); R];
