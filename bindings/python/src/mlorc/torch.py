@@ -114,13 +114,13 @@ class _Handle:
                  "ptype", "gsig", "shape", "dtype", "device", "grad_dtype", "checks")
 
     def __init__(
-        self, ptr: int, key: tuple, ptrs: tuple, tensors: list, config_key: tuple, structure: tuple
+        self, ptr: int, key: tuple, infos: list, ptrs: tuple, tensors: list, config_key: tuple, structure: tuple
     ) -> None:
         self.structure = structure  # (layout, rank, oversampling): fixed for the state's life
         self.ptr = ptr
         self.key = key  # (rows, cols, param dtype, grad dtype, device)
         self.ptrs = ptrs  # data_ptrs of the buffers it was created over
-        self.tensors = tensors  # keeps those buffers alive as long as the handle
+        self.bind(infos, tensors)
         self.config_key = config_key
         self.count = 0  # the library's step count, as last set or read
         self.comm: Optional[TorchAllReduce] = None  # a sharded state's callback: must outlive it
@@ -134,7 +134,15 @@ class _Handle:
         self.dtype: Any = None
         self.device: Any = None
         self.grad_dtype: Any = None
-        self.checks: tuple = ()  # (name, tensor, data_ptr) of each buffer
+
+    def bind(self, infos: list, tensors: list) -> None:
+        """Sets the buffer tensors the handle steps (over the memory of ``self.ptrs``), and
+        ``checks``: (name, tensor, data_ptr or None for a buffer without memory) of each."""
+        self.infos = infos
+        self.tensors = tensors  # keeps those buffers alive as long as the handle
+        self.checks = tuple(
+            (name, t, ptr if t.numel() else None) for (name, _, _), t, ptr in zip(infos, tensors, self.ptrs)
+        )
 
     def remember(self, p: Tensor, grad: Tensor, gsig: tuple, view: ParamView) -> None:
         """Records what a plain parameter's step passed every check with."""
@@ -152,7 +160,6 @@ class _Handle:
         self.dtype = p.dtype
         self.device = p.device
         self.grad_dtype = grad.dtype
-        self.checks = tuple(zip([name for name, _, _ in self.infos], self.tensors, self.ptrs))
 
     def unchanged(self, p: Tensor, grad: Tensor, gsig: tuple, states: Any) -> Optional[Dict[str, Any]]:
         """``states[p]`` when every check of `_prepare_param` would pass as it did for
@@ -185,15 +192,12 @@ class _Handle:
         ):
             return None
         state = states[p]
-        for name, t, ptr in self.checks:  # holds(), for buffers that all have memory
-            if state.get(name) is not t or t.data_ptr() != ptr:
-                return None
-        return state
+        return state if self.holds(state) else None
 
     def holds(self, state: Dict[str, Any]) -> bool:
         """Whether ``state`` still has the very tensors (and memory) this handle steps."""
-        for (name, _, _), t, ptr in zip(self.infos, self.tensors, self.ptrs):
-            if state.get(name) is not t or (t.numel() and t.data_ptr() != ptr):
+        for name, t, ptr in self.checks:
+            if state.get(name) is not t or (ptr is not None and t.data_ptr() != ptr):
                 return False
         return True
 
@@ -454,7 +458,7 @@ class _MLorcBase(Optimizer):
             tensors.append(self._placeholder(p.device))  # the handle keeps it alive too
         ckey = self._config_key(config)
         if h is not None and h.ptrs == ptrs and h.key == key:
-            h.tensors = tensors  # the same memory, perhaps through new tensor objects
+            h.bind(infos, tensors)  # the same memory, perhaps through new tensor objects
             if h.config_key != ckey:
                 _capi.state_set_config(h.ptr, config)
                 h.config_key = ckey
@@ -468,8 +472,7 @@ class _MLorcBase(Optimizer):
             if h is not None:
                 _capi.state_destroy(h.ptr)
                 del self._mlorc_handles[id(p)]
-            h = _Handle(ptr, key, ptrs, tensors, ckey, (config.layout, config.rank, config.oversampling))
-            h.infos = infos
+            h = _Handle(ptr, key, infos, ptrs, tensors, ckey, (config.layout, config.rank, config.oversampling))
             h.comm = comm
             self._mlorc_handles[id(p)] = h
             if fresh is not None:
