@@ -885,14 +885,15 @@ fn low_rank_product(vg: &[F8], xg: &[F8], rank: usize, k: usize, n: usize) -> Ve
     let mut out = vec![0f32; rank * k];
     for p in 0..rank {
         for l in 0..k {
-            let mut sum = 0f64;
+            // Lane-wise sums, then across lanes: eight chains of additions instead of one.
+            let mut lanes = [0f64; LANES];
             for g in 0..tile::groups(n) {
                 let (v, x) = (&vg[g * rank + p], &xg[g * k + l]);
                 for t in 0..LANES {
-                    sum += v[t] as f64 * x[t] as f64;
+                    lanes[t] += v[t] as f64 * x[t] as f64;
                 }
             }
-            out[p * k + l] = sum as f32;
+            out[p * k + l] = lanes.iter().sum::<f64>() as f32;
         }
     }
     out
