@@ -879,21 +879,26 @@ fn negative_fill(terms: &MomentTerms, r: usize, groups: usize, rows: &ShardRows,
 }
 
 
-/// VᵀX (rank × k, row-major) for group-major V (groups × rank) and X (groups × k), in f64 and a
-/// fixed order.
+/// Column p of V times column l of X over the column groups `groups`, for group-major V
+/// (groups × rank) and X (groups × k), in f64: lane-wise sums, then across lanes (eight chains
+/// of additions, not one), a fixed order.
+fn group_dot(vg: &[F8], xg: &[F8], rank: usize, k: usize, p: usize, l: usize, groups: std::ops::Range<usize>) -> f64 {
+    let mut lanes = [0f64; LANES];
+    for g in groups {
+        let (v, x) = (&vg[g * rank + p], &xg[g * k + l]);
+        for t in 0..LANES {
+            lanes[t] += v[t] as f64 * x[t] as f64;
+        }
+    }
+    lanes.iter().sum()
+}
+
+/// VᵀX (rank × k, row-major) over all n columns.
 fn low_rank_product(vg: &[F8], xg: &[F8], rank: usize, k: usize, n: usize) -> Vec<f32> {
     let mut out = vec![0f32; rank * k];
     for p in 0..rank {
         for l in 0..k {
-            // Lane-wise sums, then across lanes: eight chains of additions instead of one.
-            let mut lanes = [0f64; LANES];
-            for g in 0..tile::groups(n) {
-                let (v, x) = (&vg[g * rank + p], &xg[g * k + l]);
-                for t in 0..LANES {
-                    lanes[t] += v[t] as f64 * x[t] as f64;
-                }
-            }
-            out[p * k + l] = lanes.iter().sum::<f64>() as f32;
+            out[p * k + l] = group_dot(vg, xg, rank, k, p, l, 0..tile::groups(n)) as f32;
         }
     }
     out
@@ -924,15 +929,7 @@ fn chunk_products(vg: &[F8], xg: &[F8], rank: usize, k: usize, n: usize) -> Chun
     for (c, out) in per_chunk.chunks_exact_mut(rank * k).enumerate() {
         for p in 0..rank {
             for l in 0..k {
-                // Lane-wise sums over the chunk's groups, then across lanes: vectorizes.
-                let mut lanes = [0f64; LANES];
-                for g in c * GROUPS..((c + 1) * GROUPS).min(groups) {
-                    let (v, x) = (&vg[g * rank + p], &xg[g * k + l]);
-                    for t in 0..LANES {
-                        lanes[t] += v[t] as f64 * x[t] as f64;
-                    }
-                }
-                out[p * k + l] = lanes.iter().sum();
+                out[p * k + l] = group_dot(vg, xg, rank, k, p, l, c * GROUPS..((c + 1) * GROUPS).min(groups));
             }
         }
     }
