@@ -917,8 +917,6 @@ struct SketchLowRank {
 struct ChunkProducts {
     per_chunk: Vec<f64>,
     all: Vec<f64>,
-    rank: usize,
-    k: usize,
 }
 
 /// `ChunkProducts` of group-major V (groups × rank) and X (groups × k), in a fixed order.
@@ -937,14 +935,14 @@ fn chunk_products(vg: &[F8], xg: &[F8], rank: usize, k: usize, n: usize) -> Chun
     for chunk in per_chunk.chunks_exact(rank * k) {
         all.iter_mut().zip(chunk).for_each(|(a, x)| *a += x);
     }
-    ChunkProducts { per_chunk, all, rank, k }
+    ChunkProducts { per_chunk, all }
 }
 
 /// Adds to the second moment's sketch row `y` (k values, the kernels' sums) β·(U·S)[row]·V_cᵀX_c
 /// for the chunks c whose rebuild the kernels left out (`Source::low_rank_chunk`; `passed` of
 /// them).
 fn add_second_low_rank(source: &Source, products: &ChunkProducts, row: usize, passed: usize, y: &mut [f32]) {
-    let (rank, k) = (products.rank, products.k);
+    let (rank, k) = (source.rank, source.k);
     if passed == 0 {
         return;
     }
