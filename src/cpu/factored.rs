@@ -66,40 +66,34 @@ impl<'a> CpuFactored<'a> {
     ) -> Result<CpuFactored<'a>> {
         let (m, n, r, k) = (plan.rows, plan.cols, plan.rank, plan.sketch);
         let groups = tile::groups(n);
+        // Each moment's U·S, V and workspaces, the moments side by side.
+        let prepared = {
+            let read: Vec<&[f32]> = factors.iter().map(|f| &**f).collect();
+            super::map_indices(plan.moments(), (m + n) * k * 4, |moment| -> Result<Prepared> {
+                let (u, s, v) = (read[3 * moment], read[3 * moment + 1], read[3 * moment + 2]);
+                let (beta, weight) = scalars.moment_mix(moment);
+                let terms = MomentTerms { us: scaled_rows(u, s, r)?, vg: group_major_rows(v, r, groups)?, fill: 0.0, beta, weight };
+                // AdamW's second moment: the bound of its non-negativity fix.
+                let bound = if plan.algorithm == Algorithm::AdamW && moment == 1 { SignBound::new(&terms.us, &terms.vg, r) } else { None };
+                let (y, bt) = (try_zeroed(m * k, "sketch workspace")?, try_zeroed(n * k, "projection workspace")?);
+                Ok(Prepared { terms, bound, xg: try_filled(groups * k, tile::ZERO, "sketch input workspace")?, y, bt })
+            })
+        };
         let mut terms = Vec::with_capacity(plan.moments());
         let mut work = Vec::with_capacity(plan.moments());
+        let mut bound = None;
         let mut parts = factors.into_iter();
-        for moment in 0..plan.moments() {
+        for moment in prepared {
+            let Prepared { terms: moment_terms, bound: moment_bound, xg, y, bt } = moment?;
             let (Some(u), Some(s), Some(v)) = (parts.next(), parts.next(), parts.next()) else {
                 unreachable!("a FACTORED plan has three buffers per moment");
             };
-            let mut us = try_zeroed(m * r, "U·S workspace")?;
-            for (dst, src) in us.chunks_exact_mut(r).zip(u.chunks_exact(r)) {
-                for l in 0..r {
-                    dst[l] = src[l] * s[l];
-                }
-            }
-            let mut vg = try_filled(groups * r, tile::ZERO, "V workspace")?;
-            for (j, row) in v.chunks_exact(r).enumerate() {
-                for l in 0..r {
-                    *tile::group_major(&mut vg, r, j, l) = row[l];
-                }
-            }
-            let (beta, weight) = scalars.moment_mix(moment);
-            terms.push(MomentTerms { us, vg, fill: 0.0, beta, weight });
-            work.push(MomentWork {
-                u,
-                s,
-                v,
-                xg: try_filled(groups * k, tile::ZERO, "sketch input workspace")?,
-                y: try_zeroed(m * k, "sketch workspace")?,
-                bt: try_zeroed(n * k, "projection workspace")?,
-            });
+            terms.push(moment_terms);
+            bound = bound.or(moment_bound);
+            work.push(MomentWork { u, s, v, xg, y, bt });
         }
         let rows = plan.shard.rows(n);
-        let mut bound = None;
         if plan.algorithm == Algorithm::AdamW {
-            bound = SignBound::new(&terms[1].us, &terms[1].vg, r);
             terms[1].fill = negative_fill(&terms[1], r, groups, &rows, bound.as_ref(), collective.as_ref())?;
         }
         Ok(CpuFactored { plan, scalars, io, seed, terms, work, bound, rows, collective })
@@ -139,32 +133,27 @@ impl FactoredPasses for CpuFactored<'_> {
         let (n, k) = (self.plan.cols, self.plan.sketch);
         // Ω in pieces of OMEGA_PIECE columns of one column l of one moment, drawn in parallel
         // (a normal costs about as much as 20 elements of a pass).
-        let pieces_per_column = n.div_ceil(OMEGA_PIECE);
-        let omega: Vec<Vec<f32>> = match input {
+        match input {
             SketchInput::Random => {
                 let (seed, step) = (self.seed, self.scalars.step);
+                let pieces_per_column = n.div_ceil(OMEGA_PIECE);
+                let xgs: Vec<SharedPtr<F8>> = self.work.iter_mut().map(|w| SharedPtr(w.xg.as_mut_ptr())).collect();
                 super::map_indices(self.work.len() * k * pieces_per_column, self.work.len() * k * n * 20, |piece| {
                     let (moment, l, first) = (piece / (k * pieces_per_column), piece / pieces_per_column % k, piece % pieces_per_column * OMEGA_PIECE);
-                    let mut out = vec![0f32; OMEGA_PIECE.min(n - first)];
-                    rng::fill_omega_columns(seed, step, Stream::sketch(moment), l, first, &mut out);
-                    out
-                })
-            }
-            SketchInput::Projection => Vec::new(),
-        };
-        for (moment, w) in self.work.iter_mut().enumerate() {
-            match input {
-                SketchInput::Random => {
-                    for l in 0..k {
-                        for p in 0..pieces_per_column {
-                            let piece = &omega[(moment * k + l) * pieces_per_column + p];
-                            for (i, &x) in piece.iter().enumerate() {
-                                *tile::group_major(&mut w.xg, k, p * OMEGA_PIECE + i, l) = x;
-                            }
-                        }
+                    let mut omega = [0f32; OMEGA_PIECE];
+                    let omega = &mut omega[..OMEGA_PIECE.min(n - first)];
+                    rng::fill_omega_columns(seed, step, Stream::sketch(moment), l, first, omega);
+                    for (gi, lanes) in omega.chunks(LANES).enumerate() {
+                        // SAFETY: `first` is a multiple of LANES, so this piece alone writes
+                        // vector l of these groups of the moment's xg (groups × k vectors,
+                        // alive until the step ends).
+                        let dst = unsafe { &mut *xgs[moment].element((first / LANES + gi) * k + l) };
+                        dst[..lanes.len()].copy_from_slice(lanes);
                     }
-                }
-                SketchInput::Projection => {
+                });
+            }
+            SketchInput::Projection => {
+                for w in &mut self.work {
                     for (j, row) in w.bt.chunks_exact(k).enumerate() {
                         for l in 0..k {
                             *tile::group_major(&mut w.xg, k, j, l) = row[l];
@@ -183,31 +172,32 @@ impl FactoredPasses for CpuFactored<'_> {
                 _ => ChunkProducts::default(),
             },
         };
+        if self.plan.is_sharded() {
+            // Rows outside the shard are other ranks' part of the sum.
+            self.work.iter_mut().for_each(|w| w.y.fill(0.0));
+        }
+        let ys: Vec<SharedPtr<f32>> = self.work.iter_mut().map(|w| SharedPtr(w.y.as_mut_ptr())).collect();
         let source = self.source();
         let moments = self.terms.len();
         let xgs: Vec<&[F8]> = self.work.iter().map(|w| w.xg.as_slice()).collect();
         let body = self.rows.body.clone();
-        let blocks: Vec<Vec<f32>> = super::map_indices(body.len().div_ceil(ROW_BLOCK), body.len() * n, |b| {
+        super::map_indices(body.len().div_ceil(ROW_BLOCK), body.len() * n, |b| {
             let start = body.start + b * ROW_BLOCK;
-            sketch_rows(&source, &xgs, &low, start..(start + ROW_BLOCK).min(body.end))
+            let rows = start..(start + ROW_BLOCK).min(body.end);
+            let block = sketch_rows(&source, &xgs, &low, rows.clone());
+            for (i, row) in rows.zip(block.chunks_exact(moments * k)) {
+                for (y, part) in ys.iter().zip(row.chunks_exact(k)) {
+                    // SAFETY: this block alone writes rows `rows` of each moment's y (m × k,
+                    // alive until the step ends; nothing reads it during the pass).
+                    unsafe { std::ptr::copy_nonoverlapping(part.as_ptr(), y.element(i * k), k) };
+                }
+            }
         });
         let mut partial: Vec<(usize, Vec<f32>)> = Vec::new();
         for seg in self.rows.segments() {
             let mut out = vec![0f32; moments * k];
             segment::sketch(&source, &xgs, seg, &mut out);
             partial.push((seg.row, out));
-        }
-        if self.plan.is_sharded() {
-            // Rows outside the shard are other ranks' part of the sum.
-            self.work.iter_mut().for_each(|w| w.y.fill(0.0));
-        }
-        for (b, out) in blocks.iter().enumerate() {
-            for (ri, row) in out.chunks_exact(moments * k).enumerate() {
-                let i = body.start + b * ROW_BLOCK + ri;
-                for (mo, w) in self.work.iter_mut().enumerate() {
-                    w.y[i * k..(i + 1) * k].copy_from_slice(&row[mo * k..(mo + 1) * k]);
-                }
-            }
         }
         for (i, row) in partial {
             for (mo, w) in self.work.iter_mut().enumerate() {
@@ -260,12 +250,14 @@ impl FactoredPasses for CpuFactored<'_> {
             let len = width.min(n - col0);
             let stride = accumulator_stride(len);
             for (mo, w) in self.work.iter_mut().enumerate() {
+                let bt = &mut w.bt[col0 * k..(col0 + len) * k];
                 for l in 0..k {
-                    let src = &acc[(mo * k + l) * stride..(mo * k + l) * stride + tile::groups(len)];
-                    for j in 0..len {
-                        let dst = &mut w.bt[(col0 + j) * k + l];
-                        let x = src[j / LANES][j % LANES];
-                        *dst = if span == 0 { x } else { *dst + x };
+                    let src = &acc[(mo * k + l) * stride..][..tile::groups(len)].as_flattened()[..len];
+                    let dst = bt.iter_mut().skip(l).step_by(k);
+                    if span == 0 {
+                        dst.zip(src).for_each(|(d, &x)| *d = x);
+                    } else {
+                        dst.zip(src).for_each(|(d, &x)| *d += x);
                     }
                 }
             }
@@ -296,6 +288,40 @@ impl FactoredPasses for CpuFactored<'_> {
         super::for_each_mut(work, (m + n) * k * k, |w| linalg::truncated_svd(&w.y, &w.bt, m, n, k, r, w.u, w.s, w.v));
         Ok(())
     }
+}
+
+/// One moment made ready for a step by `CpuFactored::new`.
+struct Prepared {
+    terms: MomentTerms,
+    bound: Option<SignBound>,
+    xg: Vec<F8>,
+    y: Vec<f32>,
+    bt: Vec<f32>,
+}
+
+/// U·diag(S): rows × rank, row-major.
+fn scaled_rows(u: &[f32], s: &[f32], rank: usize) -> Result<Vec<f32>> {
+    let mut us = try_zeroed(u.len(), "U·S workspace")?;
+    for (dst, src) in us.chunks_exact_mut(rank).zip(u.chunks_exact(rank)) {
+        for ((d, &x), &scale) in dst.iter_mut().zip(src).zip(s) {
+            *d = x * scale;
+        }
+    }
+    Ok(us)
+}
+
+/// V (cols × rank, row-major) group-major: `groups` × rank vectors of eight columns, zero past
+/// the last column.
+fn group_major_rows(v: &[f32], rank: usize, groups: usize) -> Result<Vec<F8>> {
+    let mut vg = try_filled(groups * rank, tile::ZERO, "V workspace")?;
+    for (block, cols) in vg.chunks_exact_mut(rank).zip(v.chunks(LANES * rank)) {
+        for (t, row) in cols.chunks_exact(rank).enumerate() {
+            for (dst, &x) in block.iter_mut().zip(row) {
+                dst[t] = x;
+            }
+        }
+    }
+    Ok(vg)
 }
 
 /// What every task of a pass reads.

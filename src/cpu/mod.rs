@@ -63,9 +63,15 @@ thread_local! {
     static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+/// The same inside a step that leads a team (`team`): its threads spin between passes, so a
+/// hand-over costs about a µs, and a step's small work (orthonormalization and truncated SVD of
+/// each moment, ~10–20 µs at 1024²) gains from running its moments side by side.
+const TEAM_INLINE_WORK: usize = 1 << 12;
+
 /// Whether a pass of `pieces` over about `work` elements goes to the pool.
 fn on_pool(pieces: usize, work: usize) -> bool {
-    pieces > 1 && work >= INLINE_WORK && !SERIAL.with(|s| s.get()) && threads() > 1
+    let least = if team::leading() { TEAM_INLINE_WORK } else { INLINE_WORK };
+    pieces > 1 && work >= least && !SERIAL.with(|s| s.get()) && threads() > 1
 }
 
 /// `f` over `items`, whole items spread over the pool's threads, each running its passes on
