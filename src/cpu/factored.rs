@@ -386,6 +386,8 @@ impl Source<'_> {
 /// f32 copy of other dtypes, `Source::load_grad`) or `Bf16s` groups (the caller's bf16 rows
 /// where they lie; only when `Source::grad_in_place_bf16`).
 trait GradRows: Packed {
+    /// Row `row`, columns `col0 .. col0 + len`: at most CHUNK columns through `scratch`, any
+    /// number where the rows are read in place (`project_block`).
     fn row<'b>(source: &'b Source, row: usize, col0: usize, len: usize, scratch: &'b mut [f32; CHUNK]) -> &'b [Self::Group];
     /// Whether the projection updates weights of `dtype` in place with this packing.
     fn weights_in_place(dtype: Dtype, rounding: &dtype::Rounding) -> bool;
@@ -767,6 +769,28 @@ fn project_block<S: Lanes, G: GradRows, const R: usize, const ADAMW: bool, const
     let n = source.cols;
     let (rank, k) = if RK > 0 { (RK, RK) } else { (source.rank, source.k) };
     let bstride = accumulator_stride(width);
+    // Rows read where they lie (f32 unscaled, or bf16 in place) and weights updated where they
+    // lie need no chunk-sized copies: one kernel call covers the tile's width. Each column
+    // still sums the rows in order, so the bits are those of chunk by chunk.
+    let in_place_grad = if G::BF16 { source.grad_in_place_bf16() } else { source.grad_dtype == Dtype::F32 && source.grad_factor == 1.0 };
+    let in_place_weights = update.is_none_or(|(_, dtype, scalars)| G::weights_in_place(dtype, &scalars.rounding));
+    if in_place_grad && in_place_weights && width % LANES == 0 {
+        let RowScratch { grads, .. } = scratch;
+        let mut rows: [&[G::Group]; R] = [&[]; R];
+        for (r, (slot, g)) in rows.iter_mut().zip(grads.iter_mut()).enumerate() {
+            *slot = G::row(source, row0 + r, col0, width, g);
+        }
+        let group0 = col0 / LANES;
+        match update {
+            None => tile::project_rows::<S, G, G, R, ADAMW, RK>(source.moments, qs, rank, k, row0, group0, &rows, acc, bstride, None),
+            Some((param, _, scalars)) => {
+                // SAFETY: the parameter's dtype is G's (weights_in_place); see weight_rows.
+                let mut ws = unsafe { weight_rows::<G::Group, R>(param, row0, n, col0, width) };
+                tile::project_rows::<S, G, G, R, ADAMW, RK>(source.moments, qs, rank, k, row0, group0, &rows, acc, bstride, Some((&scalars, &mut ws)));
+            }
+        }
+        return;
+    }
     for chunk0 in (col0..col0 + width).step_by(CHUNK) {
         let len = CHUNK.min(col0 + width - chunk0);
         let padded = tile::groups(len) * LANES;
