@@ -362,7 +362,7 @@ impl Source<'_> {
     #[inline(always)] // into the AVX2 passes, where the conversions vectorize
     fn load_grad<'b>(&'b self, row: usize, col0: usize, len: usize, out: &'b mut [f32; CHUNK]) -> &'b [F8] {
         let offset = row * self.cols + col0;
-        if self.grad_dtype == Dtype::F32 && self.grad_factor == 1.0 && len % LANES == 0 {
+        if self.grad_in_place_f32() && len % LANES == 0 {
             // SAFETY: the range lies inside the rows × cols f32 gradient (contract of the step),
             // which nobody writes during the step.
             let direct = unsafe { std::slice::from_raw_parts((self.grad.get() as *const f32).wrapping_add(offset), len) };
@@ -373,6 +373,12 @@ impl Source<'_> {
         let padded = tile::groups(len) * LANES;
         out[len..padded].fill(0.0);
         tile::as_groups(&out[..padded])
+    }
+
+    /// Whether the kernels read the gradient where it lies as f32 (`F32s`, rows of whole groups):
+    /// f32 with no scale to apply.
+    fn grad_in_place_f32(&self) -> bool {
+        self.grad_dtype == Dtype::F32 && self.grad_factor == 1.0
     }
 
     /// Whether the kernels read the gradient where it lies as bf16 (`Bf16s`): bf16, no scale
@@ -389,6 +395,8 @@ trait GradRows: Packed {
     /// Row `row`, columns `col0 .. col0 + len`: at most CHUNK columns through `scratch`, any
     /// number where the rows are read in place (`project_block`).
     fn row<'b>(source: &'b Source, row: usize, col0: usize, len: usize, scratch: &'b mut [f32; CHUNK]) -> &'b [Self::Group];
+    /// Whether `row` reads this step's gradient where it lies (rows of whole groups).
+    fn in_place(source: &Source) -> bool;
     /// Whether the projection updates weights of `dtype` in place with this packing.
     fn weights_in_place(dtype: Dtype, rounding: &dtype::Rounding) -> bool;
     /// The rows as f32 groups (`F32s` only), for weights updated through an f32 copy: the
@@ -400,6 +408,9 @@ impl GradRows for F32s {
     #[inline(always)]
     fn row<'b>(source: &'b Source, row: usize, col0: usize, len: usize, scratch: &'b mut [f32; CHUNK]) -> &'b [F8] {
         source.load_grad(row, col0, len, scratch)
+    }
+    fn in_place(source: &Source) -> bool {
+        source.grad_in_place_f32()
     }
     fn weights_in_place(dtype: Dtype, _: &dtype::Rounding) -> bool {
         dtype == Dtype::F32
@@ -418,6 +429,9 @@ impl GradRows for Bf16s {
         // which nobody writes during the step; u16 and [u16; 8] need the same alignment.
         let halves = unsafe { std::slice::from_raw_parts(start, len) };
         halves.as_chunks::<LANES>().0
+    }
+    fn in_place(source: &Source) -> bool {
+        source.grad_in_place_bf16()
     }
     fn weights_in_place(dtype: Dtype, rounding: &dtype::Rounding) -> bool {
         dtype == Dtype::Bf16 && matches!(rounding, dtype::Rounding::NearestEven)
@@ -776,30 +790,13 @@ fn project_block<S: Lanes, G: GradRows, const R: usize, const ADAMW: bool, const
     let n = source.cols;
     let (rank, k) = if RK > 0 { (RK, RK) } else { (source.rank, source.k) };
     let bstride = accumulator_stride(width);
-    // Rows read where they lie (f32 unscaled, or bf16 in place) and weights updated where they
-    // lie need no chunk-sized copies: one kernel call covers the tile's width. Each column
-    // still sums the rows in order, so the bits are those of chunk by chunk.
-    let in_place_grad = if G::BF16 { source.grad_in_place_bf16() } else { source.grad_dtype == Dtype::F32 && source.grad_factor == 1.0 };
-    let in_place_weights = update.is_none_or(|(_, dtype, scalars)| G::weights_in_place(dtype, &scalars.rounding));
-    if in_place_grad && in_place_weights && width % LANES == 0 {
-        let RowScratch { grads, .. } = scratch;
-        let mut rows: [&[G::Group]; R] = [&[]; R];
-        for (r, (slot, g)) in rows.iter_mut().zip(grads.iter_mut()).enumerate() {
-            *slot = G::row(source, row0 + r, col0, width, g);
-        }
-        let group0 = col0 / LANES;
-        match update {
-            None => tile::project_rows::<S, G, G, R, ADAMW, RK>(source.moments, qs, rank, k, row0, group0, &rows, acc, bstride, None),
-            Some((param, _, scalars)) => {
-                // SAFETY: the parameter's dtype is G's (weights_in_place); see weight_rows.
-                let mut ws = unsafe { weight_rows::<G::Group, R>(param, row0, n, col0, width) };
-                tile::project_rows::<S, G, G, R, ADAMW, RK>(source.moments, qs, rank, k, row0, group0, &rows, acc, bstride, Some((&scalars, &mut ws)));
-            }
-        }
-        return;
-    }
-    for chunk0 in (col0..col0 + width).step_by(CHUNK) {
-        let len = CHUNK.min(col0 + width - chunk0);
+    // Rows read where they lie and weights updated where they lie need no chunk-sized copies:
+    // one kernel call covers the tile's width. Each column still sums the rows in order, so
+    // the bits are those of chunk by chunk.
+    let in_place = G::in_place(source) && width % LANES == 0 && update.is_none_or(|(_, dtype, scalars)| G::weights_in_place(dtype, &scalars.rounding));
+    let step = if in_place { width } else { CHUNK };
+    for chunk0 in (col0..col0 + width).step_by(step) {
+        let len = step.min(col0 + width - chunk0);
         let padded = tile::groups(len) * LANES;
         let (group0, gi0) = (chunk0 / LANES, (chunk0 - col0) / LANES);
         let RowScratch { grads, weights } = scratch;
