@@ -29,10 +29,10 @@ VALGRIND_FLAGS := --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=d
                   --show-leak-kinds=definite --track-origins=yes
 
 .PHONY: help deps build header install install-test-prefix ctest-build ctest memcheck test-rust test-python test-python-install test-nvrtc \
-        test demo-c demo bench bench-kernels bench-speed bench-quality clean
+        test demo-c demo bench bench-passes bench-kernels bench-speed bench-quality clean
 
 help:
-	@echo "targets: build header install ctest memcheck test-rust test-python test-python-install test-nvrtc test demo demo-c bench bench-kernels bench-speed bench-quality clean"
+	@echo "targets: build header install ctest memcheck test-rust test-python test-python-install test-nvrtc test demo demo-c bench bench-passes bench-kernels bench-speed bench-quality clean"
 	@echo "PREFIX=$(PREFIX)"
 
 # What a fresh machine lacks for the demo and the tests (apt-get, pip; nothing else).
@@ -82,6 +82,7 @@ memcheck: ctest-build
 
 test-rust:
 	$(CARGO) test --profile test-opt
+	$(CARGO) check --features pass-timing --bench cpu_step
 
 test-python: build
 	$(PYTHON) -m pytest -q bindings/python/tests
@@ -117,6 +118,10 @@ demo: deps
 # CPU step time of the library's MLorc-AdamW against its DENSE AdamW (BENCHMARKS.md).
 bench:
 	$(CARGO) bench --bench cpu_step
+
+# The same, with the median wall time of each pass of the MLorc steps after the table.
+bench-passes:
+	$(CARGO) bench --bench cpu_step --features pass-timing
 
 # The projection and sketch kernels alone, one thread, with their data in L1, L3 and DRAM, and
 # the projection pass's memory traffic without its arithmetic, and the per-step small work

@@ -7,6 +7,9 @@
 //! param and grad instead of f32), MLORC_BENCH_GRAD=gaussian (a Gaussian gradient instead of the
 //! default fixed pattern), MLORC_NUM_THREADS.
 //!
+//! Built with `--features pass-timing`, it also prints the median wall time of each pass of
+//! the MLorc steps (where a step's time goes) after the table.
+//!
 //! The gradient matters to MLorc-AdamW's non-negativity sweep, which skips row chunks of Ṽ that
 //! provably hold no negative entry: the pattern's rank-4 Ṽ has negatives in 12% of its entries
 //! and almost no chunk can be skipped (the sweep's worst case); a Gaussian gradient's Ṽ is
@@ -38,12 +41,38 @@ fn now() -> f64 {
     }
 }
 
-fn time_steps(config: &Config, m: usize, n: usize, reps: usize) -> (f64, usize) {
+/// Median step time, state bytes, and the median time of each pass (`pass-timing` builds).
+type Timed = (f64, usize, Vec<(&'static str, f64)>);
+
+fn time_steps(config: &Config, m: usize, n: usize, reps: usize) -> Timed {
     if std::env::var("MLORC_BENCH_DTYPE").as_deref() == Ok("bf16") {
         time_steps_of::<half::bf16>(config, m, n, reps)
     } else {
         time_steps_of::<f32>(config, m, n, reps)
     }
+}
+
+/// The passes each step recorded since the last call (none without `pass-timing`).
+fn recorded_passes() -> Vec<(&'static str, f64)> {
+    #[cfg(feature = "pass-timing")]
+    return mlorc::pass_timing::take().into_iter().map(|(name, d)| (name, d.as_secs_f64())).collect();
+    #[cfg(not(feature = "pass-timing"))]
+    Vec::new()
+}
+
+/// Per pass name, in the order of the first step, the median over steps of its summed time.
+fn pass_medians(steps: &[Vec<(&'static str, f64)>]) -> Vec<(&'static str, f64)> {
+    let Some(first) = steps.first() else { return Vec::new() };
+    let mut names: Vec<&'static str> = Vec::new();
+    for (name, _) in first {
+        if !names.contains(name) {
+            names.push(name);
+        }
+    }
+    names
+        .into_iter()
+        .map(|name| (name, median(steps.iter().map(|s| s.iter().filter(|(n, _)| *n == name).map(|(_, t)| t).sum()).collect())))
+        .collect()
 }
 
 /// Parameter and gradient element types the benchmark can time.
@@ -76,7 +105,7 @@ fn gaussian(len: usize, sigma: f32) -> Vec<f32> {
         .collect()
 }
 
-fn time_steps_of<E: BenchElement>(config: &Config, m: usize, n: usize, reps: usize) -> (f64, usize) {
+fn time_steps_of<E: BenchElement>(config: &Config, m: usize, n: usize, reps: usize) -> Timed {
     let desc = TensorDesc { rows: m, cols: n, param_dtype: E::DTYPE, grad_dtype: E::DTYPE, device: Device::Cpu };
     let mut state = State::new(config, &desc).unwrap();
     let mut w: Vec<E> = (0..m * n).map(|i| E::of(((i * 7919) % 1000) as f32 * 1e-3 - 0.5)).collect();
@@ -93,14 +122,15 @@ fn time_steps_of<E: BenchElement>(config: &Config, m: usize, n: usize, reps: usi
         for _ in 0..2 {
             state.step(&mut w, &g, &opts).unwrap(); // warm-up: page faults, pool start
         }
-        let times = (0..reps)
+        recorded_passes();
+        let (times, passes): (Vec<f64>, Vec<_>) = (0..reps)
             .map(|_| {
                 let t = now();
                 state.step(&mut w, &g, &opts).unwrap();
-                now() - t
+                (now() - t, recorded_passes())
             })
-            .collect();
-        (median(times), state.memory_bytes())
+            .unzip();
+        (median(times), state.memory_bytes(), pass_medians(&passes))
     };
     if std::env::var("MLORC_BENCH_CLOCK").as_deref() == Ok("thread") {
         mlorc::run_on_pool(run)
@@ -120,6 +150,7 @@ fn main() {
         "| shape | dense AdamW ms | MLorc q=0 ms | ratio | MLorc q=1 ms | ratio | dense state MB | MLorc state MB | state ratio |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
+    let mut breakdowns: Vec<String> = Vec::new();
     for shape in shapes.split(',') {
         let (m, n) = shape.split_once('x').expect("shape as MxN");
         let (m, n): (usize, usize) = (m.trim().parse().unwrap(), n.trim().parse().unwrap());
@@ -128,8 +159,16 @@ fn main() {
         let q0 = Config { layout: LayoutRequest::Factored, rank, ..Config::defaults(Algorithm::AdamW) };
         let q1 = Config { power_iters: 1, ..q0 };
         let only = std::env::var("MLORC_BENCH_ONLY").unwrap_or_default();
-        let run = |name: &str, config: &Config| {
-            if only.is_empty() || only == name { time_steps(config, m, n, reps) } else { (f64::NAN, 0) }
+        let mut run = |name: &str, config: &Config| {
+            if !(only.is_empty() || only == name) {
+                return (f64::NAN, 0);
+            }
+            let (time, bytes, passes) = time_steps(config, m, n, reps);
+            if !passes.is_empty() {
+                let parts: Vec<String> = passes.iter().map(|(pass, t)| format!("{pass} {:.3}", t * 1e3)).collect();
+                breakdowns.push(format!("- {m}x{n} {name} ({:.2} ms): {} ms", time * 1e3, parts.join(", ")));
+            }
+            (time, bytes)
         };
         let (td, bd) = run("dense", &dense);
         let (t0, b0) = run("q0", &q0);
@@ -145,5 +184,9 @@ fn main() {
             b0 as f64 / 1e6,
             100.0 * b0 as f64 / bd as f64
         );
+    }
+    if !breakdowns.is_empty() {
+        println!("\nMedian wall time of each pass (pass-timing build):");
+        breakdowns.iter().for_each(|line| println!("{line}"));
     }
 }

@@ -12,6 +12,7 @@ pub mod cuda;
 pub mod dtype;
 pub mod error;
 pub mod linalg;
+pub mod pass_timing;
 pub mod rng;
 pub mod shard;
 pub mod state;

@@ -492,7 +492,7 @@ impl State {
             }
             Layout::Factored => {
                 let whole_step = move || -> Result<()> {
-                    let mut passes = cpu::CpuFactored::new(plan, scalars, io, seed, moments, collective)?;
+                    let mut passes = crate::pass_timing::time("prepare (U·S, V, c)", || cpu::CpuFactored::new(plan, scalars, io, seed, moments, collective))?;
                     step::run_factored(&mut passes, power_iters)
                 };
                 if collective.is_some() {

@@ -129,16 +129,17 @@ pub trait FactoredPasses {
 /// ALGORITHM.md's step 1–5 for every moment: RSVD(A, r, p, q) with the weight update fused
 /// into the last pass over the gradient.
 pub fn run_factored(passes: &mut impl FactoredPasses, power_iters: u32) -> Result<()> {
-    passes.sketch(SketchInput::Random)?;
-    passes.orthonormalize_sketch()?;
+    use crate::pass_timing::time;
+    time("sketch A·Ω", || passes.sketch(SketchInput::Random))?;
+    time("orth(Y)", || passes.orthonormalize_sketch())?;
     for _ in 0..power_iters {
-        passes.project(false)?;
-        passes.orthonormalize_projection()?;
-        passes.sketch(SketchInput::Projection)?;
-        passes.orthonormalize_sketch()?;
+        time("power: project AᵀQ", || passes.project(false))?;
+        time("power: orth(AᵀQ)", || passes.orthonormalize_projection())?;
+        time("power: sketch A·X", || passes.sketch(SketchInput::Projection))?;
+        time("power: orth(Y)", || passes.orthonormalize_sketch())?;
     }
-    passes.project(true)?;
-    passes.compress()
+    time("project QᵀA + update", || passes.project(true))?;
+    time("compress (SVD)", || passes.compress())
 }
 
 /// Which buffer holds factor `part` (0 = u, 1 = s, 2 = v) of `moment` in `Plan::buffers` order.
