@@ -227,7 +227,7 @@ impl FactoredPasses for CpuFactored<'_> {
         // shape alone.
         let body = self.rows.body.clone();
         let spans = row_spans(body.len(), n);
-        let width = tile_width(n, spans, super::threads());
+        let width = tile_width(n, super::threads());
         let span_rows = body.len().div_ceil(spans).next_multiple_of(PROJECT_ROWS);
         let pieces: Vec<Vec<F8>> = super::map_indices(n.div_ceil(width) * spans, body.len() * n, |piece| {
             let (t, span) = (piece / spans, piece % spans);
@@ -647,19 +647,28 @@ fn sketch_rows_dyn<S: Lanes>(source: &Source, xgs: &[&[F8]], low: &SketchLowRank
     out
 }
 
-/// Columns per tile of the projection pass: a multiple of CHUNK, at most 2048 (its
-/// accumulators stay in L1/L2), small enough to give each thread a few tiles. One chunk is
-/// widened to two where the row spans still give each thread two pieces: a tile one chunk
-/// wide pays a kernel call per 4 rows × 256 columns (1024² on two threads: 8 of 10 alternating
-/// runs faster, median 0.89×).
-fn tile_width(cols: usize, spans: usize, threads: usize) -> usize {
+/// Columns per tile of the projection pass: a multiple of CHUNK, at most MAX_TILE (the tile's
+/// 2k accumulator rows per moment stay in L2). Two tiles per thread keep the threads level; but
+/// each row of a tile is a stream the hardware prefetcher must pick up anew, so where that
+/// leaves tiles narrower than STREAM_COLS they are widened to one per thread if every thread
+/// still gets one (4096² on two threads: 2048 columns, not 1024; 1024²: 512, not 256).
+fn tile_width(cols: usize, threads: usize) -> usize {
     let threads = threads.max(1);
-    let width = (cols.div_ceil(2 * threads).div_ceil(CHUNK) * CHUNK).clamp(CHUNK, 8 * CHUNK);
-    if width == CHUNK && cols.div_ceil(2 * CHUNK) * spans >= 2 * threads {
-        return 2 * CHUNK;
+    let width_for = |tiles: usize| (cols.div_ceil(tiles).div_ceil(CHUNK) * CHUNK).clamp(CHUNK, MAX_TILE);
+    let balanced = width_for(2 * threads);
+    let widened = width_for(threads);
+    if balanced < STREAM_COLS && cols.div_ceil(widened) >= threads {
+        return widened;
     }
-    width
+    balanced
 }
+
+/// Tile width below which the projection's rows are too short to stream well: at 4096² on two
+/// threads the pass ran in 0.85–0.95× the time with 2048-column tiles against 1024 (7 of 7
+/// alternating runs), at 4096×11008 in ~0.9× with 2816 against 2048.
+const STREAM_COLS: usize = 8 * CHUNK;
+/// The widest projection tile.
+const MAX_TILE: usize = 16 * CHUNK;
 
 /// Row spans of the projection pass, from the shape alone: a narrow matrix has too few column
 /// tiles to keep every thread busy, so its rows are split as well (256 columns: 8 spans, 2048
@@ -1058,23 +1067,22 @@ mod tests {
     /// A tile is widened beyond what the thread count asks for only where the pieces (tiles ×
     /// row spans) still number two per thread.
     #[test]
-    fn projection_tiles_keep_two_pieces_per_thread_when_widened() {
-        for cols in [8, 100, 256, 300, 512, 1000, 1024, 2048, 4096, 11008] {
-            for rows in [64, 1024, 4096] {
-                for threads in [1, 2, 3, 4, 8, 16, 64] {
-                    let spans = row_spans(rows, cols);
-                    let width = tile_width(cols, spans, threads);
-                    assert!(width % CHUNK == 0 && (CHUNK..=8 * CHUNK).contains(&width), "{cols} {threads}: {width}");
-                    let asked = (cols.div_ceil(2 * threads).div_ceil(CHUNK) * CHUNK).clamp(CHUNK, 8 * CHUNK);
-                    if width != asked {
-                        assert!(width > asked && cols.div_ceil(width) * spans >= 2 * threads, "{rows}x{cols}, {threads} threads: {width}");
-                    }
+    fn projection_tiles_are_widened_only_where_every_thread_keeps_one() {
+        for cols in [8, 100, 256, 300, 512, 1000, 1024, 2048, 4096, 11008, 50000] {
+            for threads in [1, 2, 3, 4, 8, 16, 64] {
+                let width = tile_width(cols, threads);
+                assert!(width % CHUNK == 0 && (CHUNK..=MAX_TILE).contains(&width), "{cols} {threads}: {width}");
+                let balanced = (cols.div_ceil(2 * threads).div_ceil(CHUNK) * CHUNK).clamp(CHUNK, MAX_TILE);
+                if width != balanced {
+                    assert!(width > balanced && balanced < STREAM_COLS && cols.div_ceil(width) >= threads, "{cols} columns, {threads} threads: {width}");
                 }
             }
         }
-        assert_eq!(tile_width(1024, row_spans(1024, 1024), 2), 2 * CHUNK);
-        assert_eq!(tile_width(1024, row_spans(1024, 1024), 16), CHUNK);
-        assert_eq!(tile_width(4096, row_spans(4096, 4096), 2), 4 * CHUNK);
+        assert_eq!(tile_width(1024, 2), 2 * CHUNK);
+        assert_eq!(tile_width(1024, 16), CHUNK);
+        assert_eq!(tile_width(1000, 3), CHUNK); // 512 would leave a thread without a tile
+        assert_eq!(tile_width(4096, 2), 8 * CHUNK);
+        assert_eq!(tile_width(11008, 2), 11 * CHUNK);
     }
 
     /// Skipping the chunks the bound passes leaves the sweep's statistics bit for bit the same,
