@@ -61,8 +61,10 @@ pub trait Lanes: Arith {
         Self::store(v, &mut out);
         out
     }
-    /// Hints that the cache line at `p` will be read soon. Any address is allowed: a
-    /// prefetch never faults and changes no result.
+    /// Hints that the cache line at `p` will be read soon, bringing it into L2: into L1 the
+    /// sketch's prefetched rows pushed out the X and V that its row blocks share (4096² on
+    /// two threads, Zen 4: the sketch pass in ~0.85× the time with L2, 6 of 6 alternating runs).
+    /// Any address is allowed: a prefetch never faults and changes no result.
     #[inline(always)]
     fn prefetch(_p: *const u8) {}
 }
@@ -237,7 +239,7 @@ mod avx {
         const WIDE: bool = WIDE;
         #[inline(always)]
         fn prefetch(p: *const u8) {
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) }
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(p as *const i8) }
         }
         #[inline(always)]
         fn load(a: &F8) -> __m256 {
