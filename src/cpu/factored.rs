@@ -227,7 +227,7 @@ impl FactoredPasses for CpuFactored<'_> {
         // shape alone.
         let body = self.rows.body.clone();
         let spans = row_spans(body.len(), n);
-        let width = tile_width(n, super::threads());
+        let width = tile_width(n, super::threads(), max_tile_width(self.terms.len(), k));
         let span_rows = body.len().div_ceil(spans).next_multiple_of(PROJECT_ROWS);
         let pieces: Vec<Vec<F8>> = super::map_indices(n.div_ceil(width) * spans, body.len() * n, |piece| {
             let (t, span) = (piece / spans, piece % spans);
@@ -647,14 +647,14 @@ fn sketch_rows_dyn<S: Lanes>(source: &Source, xgs: &[&[F8]], low: &SketchLowRank
     out
 }
 
-/// Columns per tile of the projection pass: a multiple of CHUNK, at most MAX_TILE (the tile's
-/// 2k accumulator rows per moment stay in L2). Two tiles per thread keep the threads level; but
-/// each row of a tile is a stream the hardware prefetcher must pick up anew, so where that
-/// leaves tiles narrower than STREAM_COLS they are widened to one per thread if every thread
-/// still gets one (4096² on two threads: 2048 columns, not 1024; 1024²: 512, not 256).
-fn tile_width(cols: usize, threads: usize) -> usize {
+/// Columns per tile of the projection pass: a multiple of CHUNK, at most `max_width` (the
+/// tile's accumulators must stay in L2). Two tiles per thread keep the threads level; but each
+/// row of a tile is a stream the hardware prefetcher must pick up anew, so where that leaves
+/// tiles narrower than STREAM_COLS they are widened to one per thread if every thread still
+/// gets one (4096² on two threads: 2048 columns, not 1024; 1024²: 512, not 256).
+fn tile_width(cols: usize, threads: usize, max_width: usize) -> usize {
     let threads = threads.max(1);
-    let width_for = |tiles: usize| (cols.div_ceil(tiles).div_ceil(CHUNK) * CHUNK).clamp(CHUNK, MAX_TILE);
+    let width_for = |tiles: usize| (cols.div_ceil(tiles).div_ceil(CHUNK) * CHUNK).clamp(CHUNK, max_width);
     let balanced = width_for(2 * threads);
     let widened = width_for(threads);
     if balanced < STREAM_COLS && cols.div_ceil(widened) >= threads {
@@ -663,12 +663,22 @@ fn tile_width(cols: usize, threads: usize) -> usize {
     balanced
 }
 
+/// The widest projection tile whose Bᵀ accumulators (`moments` × k rows of f32) take at most
+/// ACCUMULATOR_BYTES: rank 4 AdamW 4096 columns, rank 16 2048 (the width its kernels were
+/// measured at), never less than one chunk.
+fn max_tile_width(moments: usize, k: usize) -> usize {
+    let per_column = moments.max(1) * k.max(1) * std::mem::size_of::<f32>();
+    (ACCUMULATOR_BYTES / per_column / CHUNK * CHUNK).clamp(CHUNK, MAX_TILE)
+}
+
 /// Tile width below which the projection's rows are too short to stream well: at 4096² on two
-/// threads the pass ran in 0.85–0.95× the time with 2048-column tiles against 1024 (7 of 7
+/// threads the pass ran in ~0.83× the time with 2048-column tiles against 1024 (15 of 19
 /// alternating runs), at 4096×11008 in ~0.9× with 2816 against 2048.
 const STREAM_COLS: usize = 8 * CHUNK;
 /// The widest projection tile.
 const MAX_TILE: usize = 16 * CHUNK;
+/// A tile's accumulators at most: a quarter of a 1 MiB L2.
+const ACCUMULATOR_BYTES: usize = 256 << 10;
 
 /// Row spans of the projection pass, from the shape alone: a narrow matrix has too few column
 /// tiles to keep every thread busy, so its rows are split as well (256 columns: 8 spans, 2048
@@ -1068,21 +1078,29 @@ mod tests {
     /// row spans) still number two per thread.
     #[test]
     fn projection_tiles_are_widened_only_where_every_thread_keeps_one() {
-        for cols in [8, 100, 256, 300, 512, 1000, 1024, 2048, 4096, 11008, 50000] {
-            for threads in [1, 2, 3, 4, 8, 16, 64] {
-                let width = tile_width(cols, threads);
-                assert!(width % CHUNK == 0 && (CHUNK..=MAX_TILE).contains(&width), "{cols} {threads}: {width}");
-                let balanced = (cols.div_ceil(2 * threads).div_ceil(CHUNK) * CHUNK).clamp(CHUNK, MAX_TILE);
-                if width != balanced {
-                    assert!(width > balanced && balanced < STREAM_COLS && cols.div_ceil(width) >= threads, "{cols} columns, {threads} threads: {width}");
+        for (moments, k) in [(2, 4), (1, 4), (2, 8), (2, 16), (2, 64), (1, 300)] {
+            let max = max_tile_width(moments, k);
+            assert!(max % CHUNK == 0 && (CHUNK..=MAX_TILE).contains(&max));
+            assert!(max == CHUNK || max * moments * k * 4 <= ACCUMULATOR_BYTES, "{moments} {k}: {max}");
+            for cols in [8, 100, 256, 300, 512, 1000, 1024, 2048, 4096, 11008, 50000] {
+                for threads in [1, 2, 3, 4, 8, 16, 64] {
+                    let width = tile_width(cols, threads, max);
+                    assert!(width % CHUNK == 0 && (CHUNK..=max).contains(&width), "{cols} {threads}: {width}");
+                    let balanced = (cols.div_ceil(2 * threads).div_ceil(CHUNK) * CHUNK).clamp(CHUNK, max);
+                    if width != balanced {
+                        assert!(width > balanced && balanced < STREAM_COLS && cols.div_ceil(width) >= threads, "{cols} columns, {threads} threads: {width}");
+                    }
                 }
             }
         }
-        assert_eq!(tile_width(1024, 2), 2 * CHUNK);
-        assert_eq!(tile_width(1024, 16), CHUNK);
-        assert_eq!(tile_width(1000, 3), CHUNK); // 512 would leave a thread without a tile
-        assert_eq!(tile_width(4096, 2), 8 * CHUNK);
-        assert_eq!(tile_width(11008, 2), 11 * CHUNK);
+        let rank4 = max_tile_width(2, 4);
+        assert_eq!((rank4, max_tile_width(2, 16)), (MAX_TILE, 8 * CHUNK));
+        assert_eq!(tile_width(1024, 2, rank4), 2 * CHUNK);
+        assert_eq!(tile_width(1024, 16, rank4), CHUNK);
+        assert_eq!(tile_width(1000, 3, rank4), CHUNK); // 512 would leave a thread without a tile
+        assert_eq!(tile_width(4096, 2, rank4), 8 * CHUNK);
+        assert_eq!(tile_width(11008, 2, rank4), 11 * CHUNK);
+        assert_eq!(tile_width(11008, 2, max_tile_width(2, 16)), 8 * CHUNK);
     }
 
     /// Skipping the chunks the bound passes leaves the sweep's statistics bit for bit the same,
