@@ -1074,8 +1074,8 @@ mod tests {
     use super::*;
     use crate::cpu::sign_bound::tests::{factors, group_major, Gen};
 
-    /// A tile is widened beyond what the thread count asks for only where the pieces (tiles ×
-    /// row spans) still number two per thread.
+    /// A tile is widened beyond two per thread only where every thread still gets one, and
+    /// never past its accumulators' budget.
     #[test]
     fn projection_tiles_are_widened_only_where_every_thread_keeps_one() {
         for (moments, k) in [(2, 4), (1, 4), (2, 8), (2, 16), (2, 64), (1, 300)] {
