@@ -227,7 +227,7 @@ impl FactoredPasses for CpuFactored<'_> {
         // shape alone.
         let body = self.rows.body.clone();
         let spans = row_spans(body.len(), n);
-        let width = tile_width(n, super::threads(), max_tile_width(self.terms.len(), k));
+        let width = tile_width(n, super::threads(), accumulator_column_bytes(self.terms.len(), k));
         let span_rows = body.len().div_ceil(spans).next_multiple_of(PROJECT_ROWS);
         let pieces: Vec<Vec<F8>> = super::map_indices(n.div_ceil(width) * spans, body.len() * n, |piece| {
             let (t, span) = (piece / spans, piece % spans);
@@ -647,38 +647,40 @@ fn sketch_rows_dyn<S: Lanes>(source: &Source, xgs: &[&[F8]], low: &SketchLowRank
     out
 }
 
-/// Columns per tile of the projection pass: a multiple of CHUNK, at most `max_width` (the
-/// tile's accumulators must stay in L2). Two tiles per thread keep the threads level; but each
-/// row of a tile is a stream the hardware prefetcher must pick up anew, so where that leaves
-/// tiles narrower than STREAM_COLS they are widened to one per thread if every thread still
-/// gets one (4096² on two threads: 2048 columns, not 1024; 1024²: 512, not 256).
-fn tile_width(cols: usize, threads: usize, max_width: usize) -> usize {
+/// Columns per tile of the projection pass: a multiple of CHUNK. Two tiles per thread keep the
+/// threads level; but each row of a tile is a stream the hardware prefetcher must pick up anew,
+/// so where that leaves tiles narrower than STREAM_COLS they are widened to one per thread if
+/// every thread still gets one (4096² on two threads: 2048 columns, not 1024; 1024²: 512, not
+/// 256). Tiles grow past 2048 columns, and are widened at all, only while their Bᵀ accumulators
+/// (`column_bytes` per column) take at most WIDE_ACCUMULATOR_BYTES: rank-16 AdamW's 256 KiB at
+/// 2048 columns ran the 4096² projection slower than 1024 (5 of 6 alternating runs).
+fn tile_width(cols: usize, threads: usize, column_bytes: usize) -> usize {
     let threads = threads.max(1);
+    let fits = |width: usize| width * column_bytes <= WIDE_ACCUMULATOR_BYTES;
+    let max_width = (WIDE_ACCUMULATOR_BYTES / column_bytes.max(1) / CHUNK * CHUNK).clamp(8 * CHUNK, MAX_TILE);
     let width_for = |tiles: usize| (cols.div_ceil(tiles).div_ceil(CHUNK) * CHUNK).clamp(CHUNK, max_width);
     let balanced = width_for(2 * threads);
     let widened = width_for(threads);
-    if balanced < STREAM_COLS && cols.div_ceil(widened) >= threads {
+    if balanced < STREAM_COLS && widened > balanced && cols.div_ceil(widened) >= threads && fits(widened) {
         return widened;
     }
     balanced
 }
 
-/// The widest projection tile whose Bᵀ accumulators (`moments` × k rows of f32) take at most
-/// ACCUMULATOR_BYTES: rank 4 AdamW 4096 columns, rank 16 2048 (the width its kernels were
-/// measured at), never less than one chunk.
-fn max_tile_width(moments: usize, k: usize) -> usize {
-    let per_column = moments.max(1) * k.max(1) * std::mem::size_of::<f32>();
-    (ACCUMULATOR_BYTES / per_column / CHUNK * CHUNK).clamp(CHUNK, MAX_TILE)
+/// Bytes of Bᵀ accumulators per column of a projection tile.
+fn accumulator_column_bytes(moments: usize, k: usize) -> usize {
+    moments * k * std::mem::size_of::<f32>()
 }
 
 /// Tile width below which the projection's rows are too short to stream well: at 4096² on two
-/// threads the pass ran in ~0.83× the time with 2048-column tiles against 1024 (15 of 19
-/// alternating runs), at 4096×11008 in ~0.9× with 2816 against 2048.
+/// threads (rank 4) the pass ran in ~0.83× the time with 2048-column tiles against 1024 (15 of
+/// 19 alternating runs), at 4096×11008 in ~0.9× with 2816 against 2048.
 const STREAM_COLS: usize = 8 * CHUNK;
 /// The widest projection tile.
 const MAX_TILE: usize = 16 * CHUNK;
-/// A tile's accumulators at most: a quarter of a 1 MiB L2.
-const ACCUMULATOR_BYTES: usize = 256 << 10;
+/// Accumulator bytes up to which a tile may be widened or grow past 2048 columns (rank-4
+/// AdamW: 3072 columns).
+const WIDE_ACCUMULATOR_BYTES: usize = 96 << 10;
 
 /// Row spans of the projection pass, from the shape alone: a narrow matrix has too few column
 /// tiles to keep every thread busy, so its rows are split as well (256 columns: 8 spans, 2048
@@ -1074,33 +1076,34 @@ mod tests {
     use super::*;
     use crate::cpu::sign_bound::tests::{factors, group_major, Gen};
 
-    /// A tile is widened beyond two per thread only where every thread still gets one, and
-    /// never past its accumulators' budget.
+    /// A tile is widened beyond two per thread only where every thread still gets one and its
+    /// accumulators stay small; it grows past 2048 columns only while they do.
     #[test]
     fn projection_tiles_are_widened_only_where_every_thread_keeps_one() {
         for (moments, k) in [(2, 4), (1, 4), (2, 8), (2, 16), (2, 64), (1, 300)] {
-            let max = max_tile_width(moments, k);
-            assert!(max % CHUNK == 0 && (CHUNK..=MAX_TILE).contains(&max));
-            assert!(max == CHUNK || max * moments * k * 4 <= ACCUMULATOR_BYTES, "{moments} {k}: {max}");
+            let bytes = accumulator_column_bytes(moments, k);
             for cols in [8, 100, 256, 300, 512, 1000, 1024, 2048, 4096, 11008, 50000] {
                 for threads in [1, 2, 3, 4, 8, 16, 64] {
-                    let width = tile_width(cols, threads, max);
-                    assert!(width % CHUNK == 0 && (CHUNK..=max).contains(&width), "{cols} {threads}: {width}");
-                    let balanced = (cols.div_ceil(2 * threads).div_ceil(CHUNK) * CHUNK).clamp(CHUNK, max);
+                    let width = tile_width(cols, threads, bytes);
+                    assert!(width % CHUNK == 0 && (CHUNK..=MAX_TILE).contains(&width), "{cols} {threads}: {width}");
+                    assert!(width <= 8 * CHUNK || width * bytes <= WIDE_ACCUMULATOR_BYTES, "{moments}x{k}, {cols} {threads}: {width}");
+                    let balanced = (cols.div_ceil(2 * threads).div_ceil(CHUNK) * CHUNK).clamp(CHUNK, width.max(8 * CHUNK));
                     if width != balanced {
                         assert!(width > balanced && balanced < STREAM_COLS && cols.div_ceil(width) >= threads, "{cols} columns, {threads} threads: {width}");
+                        assert!(width * bytes <= WIDE_ACCUMULATOR_BYTES, "{moments}x{k}, {cols} {threads}: {width}");
                     }
                 }
             }
         }
-        let rank4 = max_tile_width(2, 4);
-        assert_eq!((rank4, max_tile_width(2, 16)), (MAX_TILE, 8 * CHUNK));
+        let (rank4, rank16) = (accumulator_column_bytes(2, 4), accumulator_column_bytes(2, 16));
         assert_eq!(tile_width(1024, 2, rank4), 2 * CHUNK);
         assert_eq!(tile_width(1024, 16, rank4), CHUNK);
         assert_eq!(tile_width(1000, 3, rank4), CHUNK); // 512 would leave a thread without a tile
         assert_eq!(tile_width(4096, 2, rank4), 8 * CHUNK);
         assert_eq!(tile_width(11008, 2, rank4), 11 * CHUNK);
-        assert_eq!(tile_width(11008, 2, max_tile_width(2, 16)), 8 * CHUNK);
+        // Rank 16 as before the widening: two tiles per thread, at most 2048 columns.
+        assert_eq!(tile_width(4096, 2, rank16), 4 * CHUNK);
+        assert_eq!(tile_width(11008, 2, rank16), 8 * CHUNK);
     }
 
     /// Skipping the chunks the bound passes leaves the sweep's statistics bit for bit the same,
