@@ -6,9 +6,9 @@
 //!   update are per element; each column's Bᵀ sum still runs down the rows);
 //! - the sketch and the sweep take one column group of two rows per register (each lane still
 //!   sums its row's groups in column order).
-//! Twice the lanes per instruction halve the instructions of the arithmetic, which bounds these
-//! passes; the projection is then bound by AdamW's division and square root (the divider takes
-//! as long per element at either width).
+//! Twice the lanes per instruction halve the instructions of the arithmetic. On the Zen 4
+//! machine of BENCHMARKS.md that arithmetic no longer bounds the passes: leaving out AdamW's
+//! division and square root, or the second moment's rebuild, barely changed a pass's time.
 //!
 //! The workspaces keep their eight-lane layout: two adjacent groups are one 16-float load; two
 //! groups `rank` vectors apart, or one group for both halves, are built from 8-float loads.
