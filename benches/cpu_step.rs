@@ -122,7 +122,7 @@ fn time_steps_of<E: BenchElement>(config: &Config, m: usize, n: usize, reps: usi
         for _ in 0..2 {
             state.step(&mut w, &g, &opts).unwrap(); // warm-up: page faults, pool start
         }
-        recorded_passes();
+        recorded_passes(); // drops the warm-up steps' records
         let (times, passes): (Vec<f64>, Vec<_>) = (0..reps)
             .map(|_| {
                 let t = now();
