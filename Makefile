@@ -29,10 +29,10 @@ VALGRIND_FLAGS := --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=d
                   --show-leak-kinds=definite --track-origins=yes
 
 .PHONY: help deps build header install install-test-prefix ctest-build ctest memcheck test-rust test-python test-python-install test-nvrtc \
-        test demo-c demo bench bench-passes bench-kernels bench-speed bench-quality clean
+        test demo-c demo bench bench-passes bench-model bench-kernels bench-speed bench-quality clean
 
 help:
-	@echo "targets: build header install ctest memcheck test-rust test-python test-python-install test-nvrtc test demo demo-c bench bench-passes bench-kernels bench-speed bench-quality clean"
+	@echo "targets: build header install ctest memcheck test-rust test-python test-python-install test-nvrtc test demo demo-c bench bench-passes bench-model bench-kernels bench-speed bench-quality clean"
 	@echo "PREFIX=$(PREFIX)"
 
 # What a fresh machine lacks for the demo and the tests (apt-get, pip; nothing else).
@@ -122,6 +122,11 @@ bench:
 # The same, with the median wall time of each pass of the MLorc steps after the table.
 bench-passes:
 	$(CARGO) bench --bench cpu_step --features pass-timing
+
+# One step_many over the 96 matrices of a 24-block d=256 transformer (narrow matrices, data
+# from DRAM, one tensor per thread), with each pass's time summed over the tensors.
+bench-model:
+	MLORC_BENCH_MODEL=$${MLORC_BENCH_MODEL:-256x24} $(CARGO) bench --bench cpu_step --features pass-timing
 
 # The projection and sketch kernels alone, one thread, with their data in L1, L3 and DRAM, and
 # the projection pass's memory traffic without its arithmetic, and the per-step small work

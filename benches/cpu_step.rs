@@ -5,7 +5,9 @@
 //! MLORC_BENCH_REPS (timed steps per case, default 7), MLORC_BENCH_ONLY=dense|q0|q1 (one case,
 //! for profiling), MLORC_BENCH_RANK (MLorc's rank, default 4), MLORC_BENCH_DTYPE=bf16 (bf16
 //! param and grad instead of f32), MLORC_BENCH_GRAD=gaussian (a Gaussian gradient instead of the
-//! default fixed pattern), MLORC_NUM_THREADS.
+//! default fixed pattern), MLORC_NUM_THREADS. MLORC_BENCH_MODEL=DxL instead times one
+//! `step_many` over the matrices of an L-block transformer of width D (per block 3D×D, D×D,
+//! 4D×D, D×4D; Gaussian gradients): a model's step, made of narrow matrices.
 //!
 //! Built with `--features pass-timing`, it also prints the median wall time of each pass of
 //! the MLorc steps (where a step's time goes) after the table.
@@ -18,6 +20,8 @@
 
 use std::time::Instant;
 
+use mlorc::batch::BatchItem;
+use mlorc::state::{LearningRate, StepRequest};
 use mlorc::{Algorithm, Config, Device, LayoutRequest, State, StepOptions, TensorDesc};
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -139,7 +143,102 @@ fn time_steps_of<E: BenchElement>(config: &Config, m: usize, n: usize, reps: usi
     }
 }
 
+/// The matrices of a `blocks`-block transformer of width `d`, as `bench_model_step.py` builds.
+fn model_shapes(d: usize, blocks: usize) -> Vec<(usize, usize)> {
+    (0..blocks).flat_map(|_| [(3 * d, d), (d, d), (4 * d, d), (d, 4 * d)]).collect()
+}
+
+/// Median wall time of one `step_many` over every matrix of the model, and the per-pass sums
+/// over its tensors (thread time, `pass-timing` builds).
+fn time_model(config: &Config, shapes: &[(usize, usize)], reps: usize) -> Timed {
+    let mut tensors: Vec<(State, Vec<f32>, Vec<f32>)> = shapes
+        .iter()
+        .map(|&(m, n)| {
+            let desc = TensorDesc { rows: m, cols: n, param_dtype: mlorc::Dtype::F32, grad_dtype: mlorc::Dtype::F32, device: Device::Cpu };
+            let w = gaussian(m * n, 0.02);
+            let g = gaussian(m * n, 0.03);
+            (State::new(config, &desc).unwrap(), w, g)
+        })
+        .collect();
+    let mut step = || {
+        let mut items: Vec<BatchItem> = tensors
+            .iter_mut()
+            .map(|(state, w, g)| BatchItem {
+                state,
+                request: StepRequest {
+                    param: w.as_mut_ptr() as *mut u8,
+                    grad: g.as_ptr() as *const u8,
+                    lr: LearningRate::Value(1e-4),
+                    grad_scale: std::ptr::null(),
+                    found_inf: std::ptr::null(),
+                    stream: std::ptr::null_mut(),
+                },
+            })
+            .collect();
+        // SAFETY: every request points at its own tensor's f32 param and grad of the state's size.
+        unsafe { mlorc::batch::step_many(&mut items) }.unwrap();
+    };
+    for _ in 0..2 {
+        step();
+    }
+    recorded_passes();
+    let (times, passes): (Vec<f64>, Vec<_>) = (0..reps)
+        .map(|_| {
+            let t = now();
+            step();
+            (now() - t, recorded_passes())
+        })
+        .unzip();
+    let bytes = tensors.iter().map(|(state, _, _)| state.memory_bytes()).sum();
+    (median(times), bytes, pass_medians(&passes))
+}
+
+fn main_model(spec: &str) {
+    let (d, blocks) = spec.split_once('x').expect("MLORC_BENCH_MODEL as DxL");
+    let shapes = model_shapes(d.trim().parse().unwrap(), blocks.trim().parse().unwrap());
+    let reps: usize = std::env::var("MLORC_BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(15);
+    let threads = mlorc::run_on_pool(rayon::current_num_threads);
+    let elements: usize = shapes.iter().map(|(m, n)| m * n).sum();
+    println!(
+        "Model step (step_many), {} matrices of a d={d} transformer, {:.1} M elements, f32, Gaussian gradients, {threads} threads, median of {reps}",
+        shapes.len(),
+        elements as f64 / 1e6
+    );
+    println!("| case | ms | state MB | ns per element |");
+    println!("|---|---|---|---|");
+    let rank = std::env::var("MLORC_BENCH_RANK").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
+    let q0 = Config { layout: LayoutRequest::Factored, rank, ..Config::defaults(Algorithm::AdamW) };
+    let cases = [
+        ("dense AdamW", Config { layout: LayoutRequest::Dense, ..Config::defaults(Algorithm::AdamW) }),
+        ("MLorc-AdamW q=0", q0),
+        ("MLorc-AdamW q=1", Config { power_iters: 1, ..q0 }),
+        ("MLorc-Lion", Config { layout: LayoutRequest::Factored, rank, ..Config::defaults(Algorithm::Lion) }),
+    ];
+    let only = std::env::var("MLORC_BENCH_ONLY").unwrap_or_default();
+    let mut breakdowns = Vec::new();
+    for (name, config) in cases {
+        if !(only.is_empty() || name.contains(only.as_str())) {
+            continue;
+        }
+        let (time, bytes, passes) = time_model(&config, &shapes, reps);
+        println!("| {name} | {:.2} | {:.3} | {:.3} |", time * 1e3, bytes as f64 / 1e6, time * 1e9 / elements as f64);
+        if !passes.is_empty() {
+            let parts: Vec<String> = passes.iter().map(|(pass, t)| format!("{pass} {:.3}", t * 1e3)).collect();
+            breakdowns.push(format!("- {name} ({:.2} ms): {} ms", time * 1e3, parts.join(", ")));
+        }
+    }
+    if !breakdowns.is_empty() {
+        // Each tensor's passes run on one thread, so these sums are thread-busy time, about
+        // threads × the step.
+        println!("\nEach pass's median time summed over the model's tensors (pass-timing build):");
+        breakdowns.iter().for_each(|line| println!("{line}"));
+    }
+}
+
 fn main() {
+    if let Ok(spec) = std::env::var("MLORC_BENCH_MODEL") {
+        return main_model(&spec);
+    }
     let shapes = std::env::var("MLORC_BENCH_SHAPES").unwrap_or_else(|_| "1024x1024,4096x4096,4096x11008".into());
     let reps: usize = std::env::var("MLORC_BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(7);
     let threads = mlorc::run_on_pool(rayon::current_num_threads);
