@@ -11,6 +11,11 @@ then the median of N timed optimizer.step() calls (N chosen so a case takes ~--t
 at least --min-reps). torch threads: --threads (default 2); the library uses its own pool
 (MLORC_NUM_THREADS, default: all cores).
 
+Paired rounds (--paired-rounds, default 15): the targets' ratios (MLorc-AdamW r=4 at q=0 and
+q=1, MLorc-Lion r=4, each against torch AdamW, f32) measured again with the cases alternating
+round by round, the ratio taken per round: on a shared host whose speed drifts within minutes,
+the steadier measure of a ratio than cases timed one after the other.
+
 Memory: RSS growth = peak RSS during the optimizer's construction, warm-up and timed steps
 (the kernel's VmHWM, reset through /proc/self/clear_refs; no sampling thread competes with the
 steps) minus RSS before the optimizer was made;
@@ -186,6 +191,55 @@ def run_case(c, m, n, args):
                 rss_method=mon.method, finite=finite)
 
 
+def paired_rounds(m, n, fused_f32, args):
+    """The targets' ratios measured in alternation: torch AdamW (fused where torch has it) and
+    MLorc-AdamW r=4 (q=0, q=1) and MLorc-Lion r=4, f32, each on its own parameter; every round
+    steps each case once untimed (its data back into cache where it fits) and then times
+    --paired-steps steps of it, the cases in an order rotated every round. A shared host's speed
+    drifts by up to 2x within minutes, so cases timed one after the other (the main table) carry
+    that drift into their ratio; cases alternating within a fraction of a second see the same
+    host. torch runs as two instances, first and last: two identical torch instances in one
+    process differed by up to 1.4x in their step time (BENCHMARKS.md), so the baseline of a
+    round is the faster of the two (torch's best path), and each ratio is taken per round
+    against it; the median over rounds is reported."""
+    cases = [dict(impl="torch", alg="adamw", variant="fused" if fused_f32 else "foreach", dtype="f32", r=None, q=None),
+             dict(impl="mlorc", alg="adamw", variant="lib", dtype="f32", r=4, q=0),
+             dict(impl="mlorc", alg="adamw", variant="lib", dtype="f32", r=4, q=1),
+             dict(impl="mlorc", alg="lion", variant="lib", dtype="f32", r=4, q=0)]
+    cases.append(dict(cases[0]))
+    g = torch.Generator().manual_seed(1234)
+    opts = []
+    for c in cases:
+        p = torch.nn.Parameter(torch.randn(m, n, generator=g) * 0.02)
+        p.grad = torch.randn(m, n, generator=g) * 1e-3
+        opt = make_opt(c, p)
+        for _ in range(2):
+            opt.step()
+        opts.append((opt, p))
+    times = [[] for _ in cases]
+    for rnd in range(args.paired_rounds):
+        for i in [(rnd + j) % len(cases) for j in range(len(cases))]:
+            opt = opts[i][0]
+            opt.step()
+            t = time.perf_counter()
+            for _ in range(args.paired_steps):
+                opt.step()
+            times[i].append((time.perf_counter() - t) / args.paired_steps)
+    finite = all(bool(torch.isfinite(p.data).all()) for _, p in opts)
+    del opts
+    gc.collect()
+    baseline = [min(a, b) for a, b in zip(times[0], times[-1])]
+    out = []
+    named = [(dict(c, instance=i), ts) for i, (c, ts) in zip((1, None, None, None, 2), zip(cases, times))]
+    for c, ts in [(dict(cases[0], instance="faster"), baseline)] + named:
+        ratios = sorted(t / t0 for t, t0 in zip(ts, baseline))
+        out.append(dict(c, m=m, n=n, rounds=len(ts), ms=1e3 * statistics.median(ts),
+                        ratio_median=statistics.median(ratios), ratio_min=ratios[0], ratio_max=ratios[-1],
+                        ratio_quartiles=statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3,
+                        finite=finite))
+    return out
+
+
 def cases_for(shape_is_large, fused_f32, fused_bf16, args):
     cs = [dict(impl="torch", alg="adamw", variant="foreach", dtype="f32", r=None, q=None)]
     if fused_f32:
@@ -209,6 +263,14 @@ def label(c):
     if c["impl"] == "mlorc":
         return f"MLorc-{name} (lib)"
     return f"MLorc-{name} (torch ref)"
+
+
+def paired_label(r):
+    if r.get("instance") == "faster":
+        return f"{label(r)}, faster of two"
+    if r.get("instance"):
+        return f"{label(r)}, instance {r['instance']}"
+    return label(r)
 
 
 def plot(rows, path, bw):
@@ -275,6 +337,9 @@ def main():
     ap.add_argument("--target-s", type=float, default=2.0, help="timed seconds per case (approx.)")
     ap.add_argument("--min-reps", type=int, default=5)
     ap.add_argument("--max-reps", type=int, default=50)
+    ap.add_argument("--paired-rounds", type=int, default=15,
+                    help="rounds of the alternating measurement of the targets' ratios (0: skip it)")
+    ap.add_argument("--paired-steps", type=int, default=3, help="timed steps per case and round")
     ap.add_argument("--out", default=str(C.RESULTS))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -306,6 +371,18 @@ def main():
                   f"RSS +{res['rss_growth'] / 2**20:8.1f} MiB", flush=True)
             if not res["finite"]:
                 print("    WARNING: non-finite parameter after the steps")
+
+    paired = []
+    if args.paired_rounds > 0:
+        for (m, n) in shapes:
+            res = paired_rounds(m, n, fused_f32, args)
+            paired += res
+            for r in res:
+                print(f"  paired {m}x{n} {paired_label(r):40s} r={r['r']} q={r['q']}: {r['ms']:9.2f} ms, ratio median "
+                      f"{r['ratio_median']:.2f} (quartiles {r['ratio_quartiles'][0]:.2f}-{r['ratio_quartiles'][2]:.2f}, "
+                      f"{r['rounds']} rounds)", flush=True)
+                if not r["finite"]:
+                    print("    WARNING: non-finite parameter after the steps")
 
     # ratios and floors
     for r in rows:
@@ -342,6 +419,22 @@ def main():
             f"| {r['ms']:.2f} | {r['ratio_best_same_dtype']:.2f} | {r['state_bytes'] / 2**20:.2f} | "
             f"{r['rss_growth'] / 2**20:.1f} | {r['bytes_per_elt'] or 'n/a'} | {floor} | {xfloor} |"
         )
+    if paired:
+        lines += [
+            "",
+            f"Paired rounds (the targets' ratios measured in alternation, f32: each of {args.paired_rounds} rounds "
+            f"steps every case once untimed, then times {args.paired_steps} steps of it, the cases in a rotating "
+            "order; torch as two instances, first and last, the baseline of a round the faster of them; ratio per "
+            "round against that baseline, median and quartiles over the rounds):",
+            "",
+            "| shape | method | r | q | median ms | ratio median | ratio quartiles | ratio min–max |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in paired:
+            q = "—" if r["q"] is None else r["q"]
+            qs = r["ratio_quartiles"]
+            lines.append(f"| {r['m']}x{r['n']} | {paired_label(r)} | {r['r'] or '—'} | {q} | {r['ms']:.2f} | "
+                         f"{r['ratio_median']:.2f} | {qs[0]:.2f}–{qs[2]:.2f} | {r['ratio_min']:.2f}–{r['ratio_max']:.2f} |")
     load1 = open("/proc/loadavg").read().split()[:3]
     lines += ["", f"Load average (1/5/15 min) at start {' '.join(load0)}, at end {' '.join(load1)}."]
     md = "\n".join(lines)
@@ -350,7 +443,7 @@ def main():
     (out / "speed.md").write_text(f"Command: `{cmd}` (wall {wall:.0f} s)\n\n" + md + "\n")
     (out / "speed.json").write_text(json.dumps(dict(machine=machine, bandwidth_gbs=bw, fused_f32=fused_f32,
                                                     fused_bf16=fused_bf16, command=cmd, wall_s=wall,
-                                                    rows=rows), indent=1))
+                                                    rows=rows, paired=paired), indent=1))
     plot(rows, out / "speed_vs_size.png", bw)
     print()
     print(md)
