@@ -7,7 +7,8 @@
 //! param and grad instead of f32), MLORC_BENCH_GRAD=gaussian (a Gaussian gradient instead of the
 //! default fixed pattern), MLORC_NUM_THREADS. MLORC_BENCH_MODEL=DxL instead times one
 //! `step_many` over the matrices of an L-block transformer of width D (per block 3D×D, D×D,
-//! 4D×D, D×4D; Gaussian gradients): a model's step, made of narrow matrices.
+//! 4D×D, D×4D; Gaussian gradients): a model's step, made of narrow matrices; there
+//! MLORC_BENCH_ONLY may also be lion (MLorc-Lion).
 //!
 //! Built with `--features pass-timing`, it also prints the median wall time of each pass of
 //! the MLorc steps (where a step's time goes) after the table.
@@ -209,15 +210,15 @@ fn main_model(spec: &str) {
     let rank = std::env::var("MLORC_BENCH_RANK").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
     let q0 = Config { layout: LayoutRequest::Factored, rank, ..Config::defaults(Algorithm::AdamW) };
     let cases = [
-        ("dense AdamW", Config { layout: LayoutRequest::Dense, ..Config::defaults(Algorithm::AdamW) }),
-        ("MLorc-AdamW q=0", q0),
-        ("MLorc-AdamW q=1", Config { power_iters: 1, ..q0 }),
-        ("MLorc-Lion", Config { layout: LayoutRequest::Factored, rank, ..Config::defaults(Algorithm::Lion) }),
+        ("dense", "dense AdamW", Config { layout: LayoutRequest::Dense, ..Config::defaults(Algorithm::AdamW) }),
+        ("q0", "MLorc-AdamW q=0", q0),
+        ("q1", "MLorc-AdamW q=1", Config { power_iters: 1, ..q0 }),
+        ("lion", "MLorc-Lion", Config { layout: LayoutRequest::Factored, rank, ..Config::defaults(Algorithm::Lion) }),
     ];
     let only = std::env::var("MLORC_BENCH_ONLY").unwrap_or_default();
     let mut breakdowns = Vec::new();
-    for (name, config) in cases {
-        if !(only.is_empty() || name.contains(only.as_str())) {
+    for (key, name, config) in cases {
+        if !(only.is_empty() || only == key) {
             continue;
         }
         let (time, bytes, passes) = time_model(&config, &shapes, reps);
