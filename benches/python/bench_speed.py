@@ -48,6 +48,7 @@ import argparse  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
+import random  # noqa: E402
 import statistics  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -195,11 +196,12 @@ def paired_rounds(m, n, fused_f32, args):
     """The targets' ratios measured in alternation: torch AdamW (fused where torch has it) and
     MLorc-AdamW r=4 (q=0, q=1) and MLorc-Lion r=4, f32, each on its own parameter; every round
     steps each case once untimed (its data back into cache where it fits) and then times
-    --paired-steps steps of it, the cases in an order rotated every round. A shared host's speed
+    --paired-steps steps of it, the cases in a fresh random order every round (seeded), so that
+    no case keeps one predecessor. A shared host's speed
     drifts by up to 2x within minutes, so cases timed one after the other (the main table) carry
     that drift into their ratio; cases alternating within a fraction of a second see the same
     host. torch runs as two instances, first and last: two identical torch instances in one
-    process differed by up to 1.4x in their step time (BENCHMARKS.md), so the baseline of a
+    process differed by up to 1.5x in their step time (BENCHMARKS.md), so the baseline of a
     round is the faster of the two (torch's best path), and each ratio is taken per round
     against it; the median over rounds is reported."""
     cases = [dict(impl="torch", alg="adamw", variant="fused" if fused_f32 else "foreach", dtype="f32", r=None, q=None),
@@ -218,7 +220,9 @@ def paired_rounds(m, n, fused_f32, args):
         opts.append((opt, p))
     times = [[] for _ in cases]
     for rnd in range(args.paired_rounds):
-        for i in [(rnd + j) % len(cases) for j in range(len(cases))]:
+        order = list(range(len(cases)))
+        random.Random(rnd).shuffle(order)
+        for i in order:
             opt = opts[i][0]
             opt.step()
             t = time.perf_counter()
@@ -423,8 +427,8 @@ def main():
         lines += [
             "",
             f"Paired rounds (the targets' ratios measured in alternation, f32: each of {args.paired_rounds} rounds "
-            f"steps every case once untimed, then times {args.paired_steps} steps of it, the cases in a rotating "
-            "order; torch as two instances, first and last, the baseline of a round the faster of them; ratio per "
+            f"steps every case once untimed, then times {args.paired_steps} steps of it, the cases in a random "
+            "order drawn per round; torch as two instances, first and last, the baseline of a round the faster of them; ratio per "
             "round against that baseline, median and quartiles over the rounds):",
             "",
             "| shape | method | r | q | median ms | ratio median | ratio quartiles | ratio min–max |",
