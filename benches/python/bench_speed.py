@@ -197,10 +197,9 @@ def paired_rounds(m, n, fused_f32, args):
     MLorc-AdamW r=4 (q=0, q=1) and MLorc-Lion r=4, f32, each on its own parameter; every round
     steps each case once untimed (its data back into cache where it fits) and then times
     --paired-steps steps of it, the cases in a fresh random order every round (seeded), so that
-    no case keeps one predecessor. A shared host's speed
-    drifts by up to 2x within minutes, so cases timed one after the other (the main table) carry
-    that drift into their ratio; cases alternating within a fraction of a second see the same
-    host. torch runs as two instances, first and last: two identical torch instances in one
+    no case keeps one predecessor. A shared host's speed drifts by up to 2x within minutes, so
+    cases timed one after the other (the main table) carry that drift into their ratio; cases
+    alternating within a fraction of a second see the same host. torch runs as two instances, first and last: two identical torch instances in one
     process differed by up to 1.5x in their step time (BENCHMARKS.md), so the baseline of a
     round is the faster of the two (torch's best path), and each ratio is taken per round
     against it; the median over rounds is reported."""
