@@ -162,11 +162,15 @@ def make_opt(c, p):
     return C.RefMLorc([p], lr=lr, algorithm=c["alg"], rank=c["r"], power_iters=c["q"])
 
 
-def run_case(c, m, n, args):
-    dt = DT[c["dtype"]]
-    g = torch.Generator().manual_seed(1234)
+def new_param(m, n, dt, g):
+    """An m x n parameter of dtype dt with a fixed random gradient, drawn from generator g."""
     p = torch.nn.Parameter((torch.randn(m, n, generator=g) * 0.02).to(dt))
     p.grad = (torch.randn(m, n, generator=g) * 1e-3).to(dt)
+    return p
+
+
+def run_case(c, m, n, args):
+    p = new_param(m, n, DT[c["dtype"]], torch.Generator().manual_seed(1234))
     gc.collect()
     rss0 = rss_bytes()
     with PeakRSS() as mon:
@@ -199,20 +203,21 @@ def paired_rounds(m, n, fused_f32, args):
     --paired-steps steps of it, the cases in a fresh random order every round (seeded), so that
     no case keeps one predecessor. A shared host's speed drifts by up to 2x within minutes, so
     cases timed one after the other (the main table) carry that drift into their ratio; cases
-    alternating within a fraction of a second see the same host. torch runs as two instances, first and last: two identical torch instances in one
-    process differed by up to 1.5x in their step time (BENCHMARKS.md), so the baseline of a
-    round is the faster of the two (torch's best path), and each ratio is taken per round
-    against it; the median over rounds is reported."""
-    cases = [dict(impl="torch", alg="adamw", variant="fused" if fused_f32 else "foreach", dtype="f32", r=None, q=None),
+    alternating within a fraction of a second see the same host. torch runs as two instances,
+    first and last: two identical torch instances in one process differed by up to 1.5x in
+    their step time (BENCHMARKS.md), so the baseline of a round is the faster of the two
+    (torch's best path), and each ratio is taken per round against it; the median over rounds
+    is reported."""
+    torch_case = dict(impl="torch", alg="adamw", variant="fused" if fused_f32 else "foreach", dtype="f32", r=None, q=None)
+    cases = [dict(torch_case, instance=1),
              dict(impl="mlorc", alg="adamw", variant="lib", dtype="f32", r=4, q=0),
              dict(impl="mlorc", alg="adamw", variant="lib", dtype="f32", r=4, q=1),
-             dict(impl="mlorc", alg="lion", variant="lib", dtype="f32", r=4, q=0)]
-    cases.append(dict(cases[0]))
+             dict(impl="mlorc", alg="lion", variant="lib", dtype="f32", r=4, q=0),
+             dict(torch_case, instance=2)]
     g = torch.Generator().manual_seed(1234)
     opts = []
     for c in cases:
-        p = torch.nn.Parameter(torch.randn(m, n, generator=g) * 0.02)
-        p.grad = torch.randn(m, n, generator=g) * 1e-3
+        p = new_param(m, n, torch.float32, g)
         opt = make_opt(c, p)
         for _ in range(2):
             opt.step()
@@ -233,8 +238,7 @@ def paired_rounds(m, n, fused_f32, args):
     gc.collect()
     baseline = [min(a, b) for a, b in zip(times[0], times[-1])]
     out = []
-    named = [(dict(c, instance=i), ts) for i, (c, ts) in zip((1, None, None, None, 2), zip(cases, times))]
-    for c, ts in [(dict(cases[0], instance="faster"), baseline)] + named:
+    for c, ts in [(dict(torch_case, instance="faster"), baseline)] + list(zip(cases, times)):
         ratios = sorted(t / t0 for t, t0 in zip(ts, baseline))
         out.append(dict(c, m=m, n=n, rounds=len(ts), ms=1e3 * statistics.median(ts),
                         ratio_median=statistics.median(ratios), ratio_min=ratios[0], ratio_max=ratios[-1],
