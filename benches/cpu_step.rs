@@ -95,9 +95,12 @@ impl BenchElement for half::bf16 {
     }
 }
 
-/// `len` normals of standard deviation `sigma` (Box–Muller on a fixed 64-bit LCG).
-fn gaussian(len: usize, sigma: f32) -> Vec<f32> {
-    let mut state = 0x853c_49e6_748f_ea9bu64;
+/// Seed of the gradients' normals.
+const GRAD_SEED: u64 = 0x853c_49e6_748f_ea9b;
+
+/// `len` normals of standard deviation `sigma` (Box–Muller on a 64-bit LCG started at `seed`).
+fn gaussian(len: usize, sigma: f32, seed: u64) -> Vec<f32> {
+    let mut state = seed;
     let mut uniform = move || {
         state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         ((state >> 11) as f64 + 0.5) / (1u64 << 53) as f64
@@ -110,12 +113,29 @@ fn gaussian(len: usize, sigma: f32) -> Vec<f32> {
         .collect()
 }
 
+/// Two warm-up calls of `step` (page faults, pool start), then the median time of `reps`
+/// calls and each pass's median over them.
+fn time_calls(reps: usize, mut step: impl FnMut()) -> (f64, Vec<(&'static str, f64)>) {
+    for _ in 0..2 {
+        step();
+    }
+    recorded_passes(); // drops the warm-up steps' records
+    let (times, passes): (Vec<f64>, Vec<_>) = (0..reps)
+        .map(|_| {
+            let t = now();
+            step();
+            (now() - t, recorded_passes())
+        })
+        .unzip();
+    (median(times), pass_medians(&passes))
+}
+
 fn time_steps_of<E: BenchElement>(config: &Config, m: usize, n: usize, reps: usize) -> Timed {
     let desc = TensorDesc { rows: m, cols: n, param_dtype: E::DTYPE, grad_dtype: E::DTYPE, device: Device::Cpu };
     let mut state = State::new(config, &desc).unwrap();
     let mut w: Vec<E> = (0..m * n).map(|i| E::of(((i * 7919) % 1000) as f32 * 1e-3 - 0.5)).collect();
     let g: Vec<E> = if std::env::var("MLORC_BENCH_GRAD").as_deref() == Ok("gaussian") {
-        gaussian(m * n, 0.03).into_iter().map(E::of).collect()
+        gaussian(m * n, 0.03, GRAD_SEED).into_iter().map(E::of).collect()
     } else {
         (0..m * n).map(|i| E::of(((i * 104729) % 2001) as f32 * 1e-4 - 0.1)).collect()
     };
@@ -124,18 +144,8 @@ fn time_steps_of<E: BenchElement>(config: &Config, m: usize, n: usize, reps: usi
     // the library's pool and waits), except with MLORC_BENCH_CLOCK=thread: that clock only
     // sees work done on this thread, so the steps then run on a pool thread.
     let mut run = || {
-        for _ in 0..2 {
-            state.step(&mut w, &g, &opts).unwrap(); // warm-up: page faults, pool start
-        }
-        recorded_passes(); // drops the warm-up steps' records
-        let (times, passes): (Vec<f64>, Vec<_>) = (0..reps)
-            .map(|_| {
-                let t = now();
-                state.step(&mut w, &g, &opts).unwrap();
-                (now() - t, recorded_passes())
-            })
-            .unzip();
-        (median(times), state.memory_bytes(), pass_medians(&passes))
+        let (time, passes) = time_calls(reps, || state.step(&mut w, &g, &opts).unwrap());
+        (time, state.memory_bytes(), passes)
     };
     if std::env::var("MLORC_BENCH_CLOCK").as_deref() == Ok("thread") {
         mlorc::run_on_pool(run)
@@ -156,12 +166,13 @@ fn time_model(config: &Config, shapes: &[(usize, usize)], reps: usize) -> Timed 
         .iter()
         .map(|&(m, n)| {
             let desc = TensorDesc { rows: m, cols: n, param_dtype: mlorc::Dtype::F32, grad_dtype: mlorc::Dtype::F32, device: Device::Cpu };
-            let w = gaussian(m * n, 0.02);
-            let g = gaussian(m * n, 0.03);
+            // Weights from their own seed: from the gradient's they would be the gradient / 1.5.
+            let w = gaussian(m * n, 0.02, !GRAD_SEED);
+            let g = gaussian(m * n, 0.03, GRAD_SEED);
             (State::new(config, &desc).unwrap(), w, g)
         })
         .collect();
-    let mut step = || {
+    let step = || {
         let mut items: Vec<BatchItem> = tensors
             .iter_mut()
             .map(|(state, w, g)| BatchItem {
@@ -179,19 +190,9 @@ fn time_model(config: &Config, shapes: &[(usize, usize)], reps: usize) -> Timed 
         // SAFETY: every request points at its own tensor's f32 param and grad of the state's size.
         unsafe { mlorc::batch::step_many(&mut items) }.unwrap();
     };
-    for _ in 0..2 {
-        step();
-    }
-    recorded_passes();
-    let (times, passes): (Vec<f64>, Vec<_>) = (0..reps)
-        .map(|_| {
-            let t = now();
-            step();
-            (now() - t, recorded_passes())
-        })
-        .unzip();
+    let (time, passes) = time_calls(reps, step);
     let bytes = tensors.iter().map(|(state, _, _)| state.memory_bytes()).sum();
-    (median(times), bytes, pass_medians(&passes))
+    (time, bytes, passes)
 }
 
 fn main_model(spec: &str) {
