@@ -115,9 +115,12 @@ demo: deps
 	$(MAKE) build
 	$(PYTHON) examples/python/finetune_demo.py
 
-# CPU step time of the library's MLorc-AdamW against its DENSE AdamW (BENCHMARKS.md).
+# CPU step time of the library's MLorc-AdamW against its DENSE AdamW (BENCHMARKS.md): each case
+# stepped back to back, then the cases alternating in paired rounds, warm and cold, with the
+# ratio per round (on a machine whose speed drifts, the figure to compare).
 bench:
 	$(CARGO) bench --bench cpu_step
+	MLORC_BENCH_PAIRED=$${MLORC_BENCH_PAIRED:-101} $(CARGO) bench --bench cpu_step
 
 # The same, with the median wall time of each pass of the MLorc steps after the table.
 bench-passes:

@@ -8,7 +8,11 @@
 //! default fixed pattern), MLORC_NUM_THREADS. MLORC_BENCH_MODEL=DxL instead times one
 //! `step_many` over the matrices of an L-block transformer of width D (per block 3D×D, D×D,
 //! 4D×D, D×4D; Gaussian gradients): a model's step, made of narrow matrices; there
-//! MLORC_BENCH_ONLY may also be lion (MLorc-Lion).
+//! MLORC_BENCH_ONLY may also be lion (MLorc-Lion). MLORC_BENCH_PAIRED=N instead times dense,
+//! q=0 and q=1 in N rounds that alternate them (`paired_times`), each step warm (back to back)
+//! and cold (after the caches are evicted, as a training step finds its data), on the wall
+//! clock, and reports their ratios per round: the way to compare them on a machine whose speed
+//! drifts.
 //!
 //! Built with `--features pass-timing`, it also prints the median wall time of each pass of
 //! the MLorc steps (where a step's time goes) after the table.
@@ -130,15 +134,22 @@ fn time_calls(reps: usize, mut step: impl FnMut()) -> (f64, Vec<(&'static str, f
     (median(times), pass_medians(&passes))
 }
 
-fn time_steps_of<E: BenchElement>(config: &Config, m: usize, n: usize, reps: usize) -> Timed {
-    let desc = TensorDesc { rows: m, cols: n, param_dtype: E::DTYPE, grad_dtype: E::DTYPE, device: Device::Cpu };
-    let mut state = State::new(config, &desc).unwrap();
-    let mut w: Vec<E> = (0..m * n).map(|i| E::of(((i * 7919) % 1000) as f32 * 1e-3 - 0.5)).collect();
+/// An m×n matrix's weights and gradient: the fixed pattern, or with MLORC_BENCH_GRAD=gaussian
+/// Gaussian values.
+fn bench_tensors<E: BenchElement>(m: usize, n: usize) -> (Vec<E>, Vec<E>) {
+    let w: Vec<E> = (0..m * n).map(|i| E::of(((i * 7919) % 1000) as f32 * 1e-3 - 0.5)).collect();
     let g: Vec<E> = if std::env::var("MLORC_BENCH_GRAD").as_deref() == Ok("gaussian") {
         gaussian(m * n, 0.03, GRAD_SEED).into_iter().map(E::of).collect()
     } else {
         (0..m * n).map(|i| E::of(((i * 104729) % 2001) as f32 * 1e-4 - 0.1)).collect()
     };
+    (w, g)
+}
+
+fn time_steps_of<E: BenchElement>(config: &Config, m: usize, n: usize, reps: usize) -> Timed {
+    let desc = TensorDesc { rows: m, cols: n, param_dtype: E::DTYPE, grad_dtype: E::DTYPE, device: Device::Cpu };
+    let mut state = State::new(config, &desc).unwrap();
+    let (mut w, g) = bench_tensors::<E>(m, n);
     let opts = StepOptions::lr(1e-4);
     // Stepped from this thread, as a trainer calls the library (each step hands its work to
     // the library's pool and waits), except with MLORC_BENCH_CLOCK=thread: that clock only
@@ -151,6 +162,97 @@ fn time_steps_of<E: BenchElement>(config: &Config, m: usize, n: usize, reps: usi
         mlorc::run_on_pool(run)
     } else {
         run()
+    }
+}
+
+/// Reads 128 MiB (four times the last-level cache of the machines in BENCHMARKS.md; a sum the
+/// compiler must keep), so that the next step finds none of its data in any cache.
+fn evict_caches(buffer: &[u64]) {
+    std::hint::black_box(buffer.iter().fold(0u64, |sum, &x| sum.wrapping_add(x)));
+}
+
+/// The q-th quantile (0..=1) of sorted values, the nearest rank.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+/// Step times of each case over `rounds` rounds, warm and cold: every round takes the cases in
+/// an order drawn from the round's number and, for each, makes one untimed step, one timed step
+/// (warm: its data where that step left it, in cache where it fits), then evicts the caches and
+/// times one more (cold). Alternating within a round, the cases see the same host: a shared
+/// machine's speed drifts by up to 2× within minutes (BENCHMARKS.md).
+fn paired_times<E: BenchElement>(cases: &[Config], m: usize, n: usize, rounds: usize) -> Vec<(Vec<f64>, Vec<f64>)> {
+    let desc = TensorDesc { rows: m, cols: n, param_dtype: E::DTYPE, grad_dtype: E::DTYPE, device: Device::Cpu };
+    let (w, g) = bench_tensors::<E>(m, n);
+    let mut states: Vec<(State, Vec<E>)> = cases.iter().map(|config| (State::new(config, &desc).unwrap(), w.clone())).collect();
+    let buffer = vec![1u64; 16 << 20]; // 128 MiB, written: a never-written buffer would read one zero page
+    let opts = StepOptions::lr(1e-4);
+    let mut times = vec![(Vec::new(), Vec::new()); cases.len()];
+    let mut order: Vec<usize> = (0..cases.len()).collect();
+    for round in 0..rounds {
+        // Fisher–Yates on an LCG seeded by the round: no case keeps one predecessor.
+        let mut seed = (round as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        for i in (1..order.len()).rev() {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            order.swap(i, (seed >> 33) as usize % (i + 1));
+        }
+        for &c in &order {
+            let (state, w) = &mut states[c];
+            let mut timed = || {
+                let t = Instant::now();
+                state.step(w, &g, &opts).unwrap();
+                t.elapsed().as_secs_f64()
+            };
+            timed();
+            times[c].0.push(timed());
+            evict_caches(&buffer);
+            times[c].1.push(timed());
+            recorded_passes(); // pass records are not reported in this mode
+        }
+    }
+    times
+}
+
+/// MLORC_BENCH_PAIRED=N: the dense, q=0 and q=1 cases of each shape in N paired rounds
+/// (`paired_times`); per case the median step and the median over rounds of
+/// its ratio to the same round's dense step, warm and cold.
+fn main_paired(shapes: &str, rounds: usize) {
+    let threads = mlorc::run_on_pool(rayon::current_num_threads);
+    let bf16 = std::env::var("MLORC_BENCH_DTYPE").as_deref() == Ok("bf16");
+    let grad = std::env::var("MLORC_BENCH_GRAD").unwrap_or_else(|_| "pattern".into());
+    let rank = std::env::var("MLORC_BENCH_RANK").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
+    println!(
+        "Paired rounds: {rounds} rounds, {} param and grad ({grad} gradient), {threads} threads, rank {rank}; per round and case, in a random order: \
+         one untimed step, a timed step (warm), a read of 128 MiB, a timed step (cold: from DRAM, as between the backward passes of training)",
+        if bf16 { "bf16" } else { "f32" }
+    );
+    println!("| shape | case | warm ms | warm / dense: median (quartiles) | cold ms | cold / dense: median (quartiles) |");
+    println!("|---|---|---|---|---|---|");
+    let q0 = Config { layout: LayoutRequest::Factored, rank, ..Config::defaults(Algorithm::AdamW) };
+    let cases = [
+        ("dense AdamW", Config { layout: LayoutRequest::Dense, ..Config::defaults(Algorithm::AdamW) }),
+        ("MLorc-AdamW q=0", q0),
+        ("MLorc-AdamW q=1", Config { power_iters: 1, ..q0 }),
+    ];
+    let configs: Vec<Config> = cases.iter().map(|(_, c)| *c).collect();
+    for shape in shapes.split(',') {
+        let (m, n) = shape.split_once('x').expect("shape as MxN");
+        let (m, n): (usize, usize) = (m.trim().parse().unwrap(), n.trim().parse().unwrap());
+        let times = if bf16 { paired_times::<half::bf16>(&configs, m, n, rounds) } else { paired_times::<f32>(&configs, m, n, rounds) };
+        let cell = |ts: &[f64], dense: &[f64]| {
+            let mut ratios: Vec<f64> = ts.iter().zip(dense).map(|(t, d)| t / d).collect();
+            ratios.sort_by(f64::total_cmp);
+            format!(
+                "{:.3} | {:.2} ({:.2}–{:.2})",
+                median(ts.to_vec()) * 1e3,
+                quantile(&ratios, 0.5),
+                quantile(&ratios, 0.25),
+                quantile(&ratios, 0.75)
+            )
+        };
+        for ((name, _), (warm, cold)) in cases.iter().zip(&times) {
+            println!("| {m}x{n} | {name} | {} | {} |", cell(warm, &times[0].0), cell(cold, &times[0].1));
+        }
     }
 }
 
@@ -242,6 +344,9 @@ fn main() {
         return main_model(&spec);
     }
     let shapes = std::env::var("MLORC_BENCH_SHAPES").unwrap_or_else(|_| "1024x1024,4096x4096,4096x11008".into());
+    if let Some(rounds) = std::env::var("MLORC_BENCH_PAIRED").ok().and_then(|v| v.parse().ok()).filter(|&r: &usize| r > 0) {
+        return main_paired(&shapes, rounds);
+    }
     let reps: usize = std::env::var("MLORC_BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(7);
     let threads = mlorc::run_on_pool(rayon::current_num_threads);
     let dtype = std::env::var("MLORC_BENCH_DTYPE").unwrap_or_else(|_| "f32".into());
