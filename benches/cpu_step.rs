@@ -146,9 +146,31 @@ fn bench_tensors<E: BenchElement>(m: usize, n: usize) -> (Vec<E>, Vec<E>) {
     (w, g)
 }
 
+/// A CPU m×n tensor of E's dtype, parameter and gradient.
+fn bench_desc<E: BenchElement>(m: usize, n: usize) -> TensorDesc {
+    TensorDesc { rows: m, cols: n, param_dtype: E::DTYPE, grad_dtype: E::DTYPE, device: Device::Cpu }
+}
+
+/// "MxN" as (m, n).
+fn parse_shape(shape: &str) -> (usize, usize) {
+    let (m, n) = shape.split_once('x').expect("shape as MxN");
+    (m.trim().parse().expect("rows"), n.trim().parse().expect("cols"))
+}
+
+/// The AdamW cases every mode times, as (MLORC_BENCH_ONLY key, name, config): the library's
+/// DENSE AdamW and MLorc-AdamW at MLORC_BENCH_RANK (default 4) with q = 0 and q = 1.
+fn adamw_cases() -> [(&'static str, &'static str, Config); 3] {
+    let rank = std::env::var("MLORC_BENCH_RANK").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
+    let q0 = Config { layout: LayoutRequest::Factored, rank, ..Config::defaults(Algorithm::AdamW) };
+    [
+        ("dense", "dense AdamW", Config { layout: LayoutRequest::Dense, ..Config::defaults(Algorithm::AdamW) }),
+        ("q0", "MLorc-AdamW q=0", q0),
+        ("q1", "MLorc-AdamW q=1", Config { power_iters: 1, ..q0 }),
+    ]
+}
+
 fn time_steps_of<E: BenchElement>(config: &Config, m: usize, n: usize, reps: usize) -> Timed {
-    let desc = TensorDesc { rows: m, cols: n, param_dtype: E::DTYPE, grad_dtype: E::DTYPE, device: Device::Cpu };
-    let mut state = State::new(config, &desc).unwrap();
+    let mut state = State::new(config, &bench_desc::<E>(m, n)).unwrap();
     let (mut w, g) = bench_tensors::<E>(m, n);
     let opts = StepOptions::lr(1e-4);
     // Stepped from this thread, as a trainer calls the library (each step hands its work to
@@ -182,7 +204,7 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 /// times one more (cold). Alternating within a round, the cases see the same host: a shared
 /// machine's speed drifts by up to 2× within minutes (BENCHMARKS.md).
 fn paired_times<E: BenchElement>(cases: &[Config], m: usize, n: usize, rounds: usize) -> Vec<(Vec<f64>, Vec<f64>)> {
-    let desc = TensorDesc { rows: m, cols: n, param_dtype: E::DTYPE, grad_dtype: E::DTYPE, device: Device::Cpu };
+    let desc = bench_desc::<E>(m, n);
     let (w, g) = bench_tensors::<E>(m, n);
     let mut states: Vec<(State, Vec<E>)> = cases.iter().map(|config| (State::new(config, &desc).unwrap(), w.clone())).collect();
     let buffer = vec![1u64; 16 << 20]; // 128 MiB, written: a never-written buffer would read one zero page
@@ -220,7 +242,8 @@ fn main_paired(shapes: &str, rounds: usize) {
     let threads = mlorc::run_on_pool(rayon::current_num_threads);
     let bf16 = std::env::var("MLORC_BENCH_DTYPE").as_deref() == Ok("bf16");
     let grad = std::env::var("MLORC_BENCH_GRAD").unwrap_or_else(|_| "pattern".into());
-    let rank = std::env::var("MLORC_BENCH_RANK").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
+    let cases = adamw_cases();
+    let rank = cases[1].2.rank;
     println!(
         "Paired rounds: {rounds} rounds, {} param and grad ({grad} gradient), {threads} threads, rank {rank}; per round and case, in a random order: \
          one untimed step, a timed step (warm), a read of 128 MiB, a timed step (cold: from DRAM, as between the backward passes of training)",
@@ -228,16 +251,9 @@ fn main_paired(shapes: &str, rounds: usize) {
     );
     println!("| shape | case | warm ms | warm / dense: median (quartiles) | cold ms | cold / dense: median (quartiles) |");
     println!("|---|---|---|---|---|---|");
-    let q0 = Config { layout: LayoutRequest::Factored, rank, ..Config::defaults(Algorithm::AdamW) };
-    let cases = [
-        ("dense AdamW", Config { layout: LayoutRequest::Dense, ..Config::defaults(Algorithm::AdamW) }),
-        ("MLorc-AdamW q=0", q0),
-        ("MLorc-AdamW q=1", Config { power_iters: 1, ..q0 }),
-    ];
-    let configs: Vec<Config> = cases.iter().map(|(_, c)| *c).collect();
+    let configs: Vec<Config> = cases.iter().map(|(_, _, c)| *c).collect();
     for shape in shapes.split(',') {
-        let (m, n) = shape.split_once('x').expect("shape as MxN");
-        let (m, n): (usize, usize) = (m.trim().parse().unwrap(), n.trim().parse().unwrap());
+        let (m, n) = parse_shape(shape);
         let times = if bf16 { paired_times::<half::bf16>(&configs, m, n, rounds) } else { paired_times::<f32>(&configs, m, n, rounds) };
         let cell = |ts: &[f64], dense: &[f64]| {
             let mut ratios: Vec<f64> = ts.iter().zip(dense).map(|(t, d)| t / d).collect();
@@ -250,7 +266,7 @@ fn main_paired(shapes: &str, rounds: usize) {
                 quantile(&ratios, 0.75)
             )
         };
-        for ((name, _), (warm, cold)) in cases.iter().zip(&times) {
+        for ((_, name, _), (warm, cold)) in cases.iter().zip(&times) {
             println!("| {m}x{n} | {name} | {} | {} |", cell(warm, &times[0].0), cell(cold, &times[0].1));
         }
     }
@@ -298,8 +314,8 @@ fn time_model(config: &Config, shapes: &[(usize, usize)], reps: usize) -> Timed 
 }
 
 fn main_model(spec: &str) {
-    let (d, blocks) = spec.split_once('x').expect("MLORC_BENCH_MODEL as DxL");
-    let shapes = model_shapes(d.trim().parse().unwrap(), blocks.trim().parse().unwrap());
+    let (d, blocks) = parse_shape(spec);
+    let shapes = model_shapes(d, blocks);
     let reps: usize = std::env::var("MLORC_BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(15);
     let threads = mlorc::run_on_pool(rayon::current_num_threads);
     let elements: usize = shapes.iter().map(|(m, n)| m * n).sum();
@@ -310,14 +326,9 @@ fn main_model(spec: &str) {
     );
     println!("| case | ms | state MB | ns per element |");
     println!("|---|---|---|---|");
-    let rank = std::env::var("MLORC_BENCH_RANK").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
-    let q0 = Config { layout: LayoutRequest::Factored, rank, ..Config::defaults(Algorithm::AdamW) };
-    let cases = [
-        ("dense", "dense AdamW", Config { layout: LayoutRequest::Dense, ..Config::defaults(Algorithm::AdamW) }),
-        ("q0", "MLorc-AdamW q=0", q0),
-        ("q1", "MLorc-AdamW q=1", Config { power_iters: 1, ..q0 }),
-        ("lion", "MLorc-Lion", Config { layout: LayoutRequest::Factored, rank, ..Config::defaults(Algorithm::Lion) }),
-    ];
+    let [dense, q0, q1] = adamw_cases();
+    let lion = ("lion", "MLorc-Lion", Config { layout: LayoutRequest::Factored, rank: q0.2.rank, ..Config::defaults(Algorithm::Lion) });
+    let cases = [dense, q0, q1, lion];
     let only = std::env::var("MLORC_BENCH_ONLY").unwrap_or_default();
     let mut breakdowns = Vec::new();
     for (key, name, config) in cases {
@@ -357,16 +368,12 @@ fn main() {
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     let mut breakdowns: Vec<String> = Vec::new();
+    let [dense, q0, q1] = adamw_cases();
+    let only = std::env::var("MLORC_BENCH_ONLY").unwrap_or_default();
     for shape in shapes.split(',') {
-        let (m, n) = shape.split_once('x').expect("shape as MxN");
-        let (m, n): (usize, usize) = (m.trim().parse().unwrap(), n.trim().parse().unwrap());
-        let dense = Config { layout: LayoutRequest::Dense, ..Config::defaults(Algorithm::AdamW) };
-        let rank = std::env::var("MLORC_BENCH_RANK").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
-        let q0 = Config { layout: LayoutRequest::Factored, rank, ..Config::defaults(Algorithm::AdamW) };
-        let q1 = Config { power_iters: 1, ..q0 };
-        let only = std::env::var("MLORC_BENCH_ONLY").unwrap_or_default();
-        let mut run = |name: &str, config: &Config| {
-            if !(only.is_empty() || only == name) {
+        let (m, n) = parse_shape(shape);
+        let mut run = |(name, _, config): &(&str, &str, Config)| {
+            if !(only.is_empty() || only == *name) {
                 return (f64::NAN, 0);
             }
             let (time, bytes, passes) = time_steps(config, m, n, reps);
@@ -376,9 +383,9 @@ fn main() {
             }
             (time, bytes)
         };
-        let (td, bd) = run("dense", &dense);
-        let (t0, b0) = run("q0", &q0);
-        let (t1, _) = run("q1", &q1);
+        let (td, bd) = run(&dense);
+        let (t0, b0) = run(&q0);
+        let (t1, _) = run(&q1);
         println!(
             "| {m}x{n} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.3} | {:.3}% |",
             td * 1e3,
