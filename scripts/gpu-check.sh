@@ -6,7 +6,8 @@
 #      every dtype and both algorithms and layouts, the rank-1 oracle against torch AdamW,
 #      found_inf / bad pointers / bad grad_scale, graph capture and replay;
 #   2. a short subset under compute-sanitizer (memcheck, then racecheck on the quick subset);
-#   3. the benchmark (per-matrix and whole-model), bench.json and a short table last.
+#   3. the benchmark (per-matrix, per-kernel profile, whole-model), bench.json and a short table last;
+#   4. hardware counters (ncu) of the main kernels of a 4096x4096 bf16 step, where ncu works.
 # Fails loudly: any failed step makes the exit status non-zero, and the table says which.
 # Time budget: under 8 minutes in all (each stage has its own timeout).
 set -uo pipefail
@@ -65,6 +66,15 @@ else
     summary+=("FAIL  compute-sanitizer not found")
 fi
 run bench 150 "$PY" scripts/gpu/mlorc_gpu_test.py --lib "$LIB" --bench --out "$OUT"
+# Hardware counters of the step's main kernels (where ncu can read them: not under gVisor).
+NCU="$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)"
+if [ -n "$NCU" ]; then
+    run ncu 120 "$NCU" --clock-control none --target-processes all \
+        --kernel-name regex:'mlorc_(project_k|sketch_k|orthonormalize|gram_eigen|negative_partial)' \
+        --launch-skip 6 --launch-count 6 \
+        --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
+        "$PY" scripts/gpu/mlorc_gpu_test.py --lib "$LIB" --steps-only --out "$OUT"
+fi
 
 echo
 echo "=== summary (logs and bench.json in $OUT)"

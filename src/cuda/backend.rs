@@ -3,8 +3,7 @@
 //! creation, and the step: kernels enqueued on the caller's stream with no host
 //! synchronisation, no allocation and no module loading, so it can be captured into a CUDA
 //! graph. `run_factored` (src/step.rs) drives the FACTORED passes, as on the CPU.
-//!
-//! UNTESTED ON A GPU: written and compiled on a machine without one.
+
 
 use std::ffi::c_void;
 use std::sync::Arc;
@@ -316,16 +315,20 @@ impl CudaPasses<'_> {
         let work = p.moments as u64 * p.r as u64 * p.n as u64;
         self.launcher.launch("mlorc_transpose_v", self.blocks(work), ELEMENTWISE_THREADS, 0, &mut [arg(&c), arg(&p)])?;
         if p.moments == 2 {
-            self.launcher.launch("mlorc_negative_partial", NEG_BLOCKS, NEG_THREADS, 0, &mut [arg(&c), arg(&p)])?;
+            self.launcher.launch("mlorc_negative_partial", NEG_BLOCKS, NEG_THREADS, p.r * 4, &mut [arg(&c), arg(&p)])?;
             let blocks = NEG_BLOCKS;
-            self.launcher.launch("mlorc_negative_final", 1, 32, 0, &mut [arg(&c), arg(&p), arg(&blocks)])?;
+            self.launcher.launch("mlorc_negative_final", 1, NEG_BLOCKS, 0, &mut [arg(&c), arg(&p), arg(&blocks)])?;
         }
         Ok(())
     }
 
     fn orthonormalize(&mut self, which: u32) -> Result<()> {
         let (c, p) = (self.launcher.ctrl, self.ptrs);
-        self.launcher.launch("mlorc_orthonormalize", p.moments, ORTH_THREADS, 0, &mut [arg(&c), arg(&p), arg(&which)])
+        let len = if which == 0 { p.m } else { p.n } as u64;
+        let bytes = p.k as u64 * len * 8;
+        let in_shared = (bytes <= self.launcher.dev.orth_shared_bytes as u64) as u32;
+        let shared = if in_shared == 1 { bytes as u32 } else { 0 };
+        self.launcher.launch("mlorc_orthonormalize", p.moments, ORTH_THREADS, shared, &mut [arg(&c), arg(&p), arg(&which), arg(&in_shared)])
     }
 }
 
@@ -358,7 +361,7 @@ impl FactoredPasses for CudaPasses<'_> {
 
     fn project(&mut self, update_weights: bool) -> Result<()> {
         let (c, p, io) = (self.launcher.ctrl, self.ptrs, self.io);
-        let grid = (p.n.div_ceil(PJ_COLS), p.grid_slabs);
+        let grid = (p.n.div_ceil(PJ_COLS * PJ_VEC), p.grid_slabs);
         let mut l0 = 0u32;
         while l0 < p.k {
             let width = chunk_width(p.k - l0);
@@ -378,7 +381,8 @@ impl FactoredPasses for CudaPasses<'_> {
 
     fn compress(&mut self) -> Result<()> {
         let (c, p) = (self.launcher.ctrl, self.ptrs);
-        self.launcher.launch("mlorc_gram_eigen", p.moments, ORTH_THREADS, 0, &mut [arg(&c), arg(&p)])?;
+        let shared = if p.k <= GRAM_SHARED_K { 2 * p.k * p.k * 8 } else { 0 };
+        self.launcher.launch("mlorc_gram_eigen", p.moments, ORTH_THREADS, shared, &mut [arg(&c), arg(&p)])?;
         let work = p.moments as u64 * (p.m as u64 + p.n as u64) * p.r as u64;
         self.launcher.launch("mlorc_compose", self.blocks(work), ELEMENTWISE_THREADS, 0, &mut [arg(&c), arg(&p)])
     }

@@ -1,8 +1,9 @@
 // MLorc CUDA kernels, compiled at run time by NVRTC (src/cuda/module.rs) for the device's own
 // SM. They mirror the CPU backend (src/cpu/, src/step.rs, src/linalg.rs, src/rng.rs,
-// src/dtype.rs) operation by operation: compiled with --fmad=false, every product and sum is
-// rounded exactly as the CPU's (which never contracts), so only the order of the long
-// reductions differs (see src/cuda/mirror.rs, which replays that order on the CPU).
+// src/dtype.rs) operation by operation: compiled with --fmad=false, so a product and a sum are
+// fused exactly where the CPU fuses them (its `mul_add`, here an explicit fmaf) and rounded on
+// their own elsewhere; only the order of the long reductions differs (see src/cuda/mirror.rs,
+// which replays that order on the CPU).
 //
 // The launch geometry constants (SK_ROWS, SK_THREADS, PJ_COLS, PJ_SLABS, ...) are defined by
 // the host through -D options, from src/cuda/launch.rs: one source of truth for the kernels and
@@ -28,6 +29,9 @@ typedef unsigned short u16;
 
 #define MAX_MOMENTS 2
 
+// Rows of the projection whose loads are issued together.
+#define PJ_BATCH 2
+
 // ---------------------------------------------------------------------------------------------
 // Shared structs: byte-for-byte the #[repr(C)] structs of src/cuda/launch.rs.
 
@@ -43,12 +47,14 @@ struct Ctrl {
     float lr;
     float decay;       // 1 - lr * weight_decay
     float step_size;   // AdamW: lr / (1 - beta1^t); Lion: lr
-    float bc2sqrt;     // AdamW: sqrt(1 - beta2^t)
+    float inv_bc2sqrt; // AdamW: 1 / sqrt(1 - beta2^t), rounded from f64
     float eps;
     float beta1;
     float beta2;
     float grad_factor; // 1 / grad_scale
     float fill;        // negative fill of the second moment (AdamW)
+    float one_minus_beta1;  // 1 - beta1 and 1 - beta2, rounded from f64 (StepScalars)
+    float one_minus_beta2;
     u32 pad;
 };
 
@@ -249,21 +255,68 @@ __device__ u16 round_stochastic(float x, u32 dtype, u32 random) {
     return u < p_up ? hi_bits : lo_bits;
 }
 
-// dtype::store for one element e.
-__device__ __forceinline__ void store_elem(void* p, u32 dtype, u64 e, float x, const Ctrl* c) {
-    if (dtype == DTYPE_F32) {
-        ((float*)p)[e] = x;
-        return;
-    }
-    u16 bits;
+// The f16 / bf16 bits dtype::store writes for element e.
+__device__ __forceinline__ u16 store_bits16(u32 dtype, u64 e, float x, const Ctrl* c) {
     if (c->stochastic) {
         u32 words[4];
         philox_draw(e / 4, c->t, STREAM_ROUNDING, c->seed, words);
-        bits = round_stochastic(x, dtype, words[e % 4]);
-    } else {
-        bits = nearest_bits16(x, dtype);
+        return round_stochastic(x, dtype, words[e % 4]);
     }
-    ((u16*)p)[e] = bits;
+    return nearest_bits16(x, dtype);
+}
+
+// dtype::store for one element e.
+__device__ __forceinline__ void store_elem(void* p, u32 dtype, u64 e, float x, const Ctrl* c) {
+    if (dtype == DTYPE_F32) ((float*)p)[e] = x;
+    else ((u16*)p)[e] = store_bits16(dtype, e, x, c);
+}
+
+// Elements e .. e + count - 1 (count <= 4) into x[0 .. count), zeros after: one vector load
+// when all four are there and aligned.
+__device__ __forceinline__ void load4(const void* p, u32 dtype, u64 e, u32 count, float x[4]) {
+    if (dtype == DTYPE_F32) {
+        const float* f = (const float*)p + e;
+        if (count == 4 && ((u64)f & 15u) == 0) {
+            float4 t = *(const float4*)f;
+            x[0] = t.x; x[1] = t.y; x[2] = t.z; x[3] = t.w;
+            return;
+        }
+    } else {
+        const u16* h = (const u16*)p + e;
+        if (count == 4 && ((u64)h & 7u) == 0) {
+            uint2 t = *(const uint2*)h;
+            x[0] = bits16_to_f32((u16)(t.x & 0xFFFFu), dtype);
+            x[1] = bits16_to_f32((u16)(t.x >> 16), dtype);
+            x[2] = bits16_to_f32((u16)(t.y & 0xFFFFu), dtype);
+            x[3] = bits16_to_f32((u16)(t.y >> 16), dtype);
+            return;
+        }
+    }
+#pragma unroll
+    for (u32 v = 0; v < 4; ++v) x[v] = v < count ? load_elem(p, dtype, e + v) : 0.0f;
+}
+
+// store_elem for elements e .. e + count - 1: one vector store when all four are there and
+// aligned.
+__device__ __forceinline__ void store4(void* p, u32 dtype, u64 e, u32 count, const float x[4], const Ctrl* c) {
+    if (dtype == DTYPE_F32) {
+        float* f = (float*)p + e;
+        if (count == 4 && ((u64)f & 15u) == 0) {
+            *(float4*)f = make_float4(x[0], x[1], x[2], x[3]);
+            return;
+        }
+    } else {
+        u16* h = (u16*)p + e;
+        if (count == 4 && ((u64)h & 7u) == 0) {
+            u32 b0 = store_bits16(dtype, e, x[0], c), b1 = store_bits16(dtype, e + 1, x[1], c);
+            u32 b2 = store_bits16(dtype, e + 2, x[2], c), b3 = store_bits16(dtype, e + 3, x[3], c);
+            *(uint2*)h = make_uint2(b0 | (b1 << 16), b2 | (b3 << 16));
+            return;
+        }
+    }
+#pragma unroll
+    for (u32 v = 0; v < 4; ++v)
+        if (v < count) store_elem(p, dtype, e + v, x[v], c);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -271,15 +324,16 @@ __device__ __forceinline__ void store_elem(void* p, u32 dtype, u64 e, float x, c
 
 __device__ __forceinline__ float sign_of(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f); }
 
+// tile::update_adamw.
 __device__ __forceinline__ float adamw_update(const Ctrl* c, float w, float m, float v) {
-    float denom = sqrtf(v) / c->bc2sqrt + c->eps;
-    return w * c->decay - c->step_size * (m / denom);
+    float denom = fmaf(sqrtf(v), c->inv_bc2sqrt, c->eps);
+    return fmaf(-c->step_size, m / denom, w * c->decay);
 }
 
+// tile::update_lion.
 __device__ __forceinline__ float lion_update(const Ctrl* c, float w, float m_old, float g) {
-    float b = c->beta1, omb = 1.0f - c->beta1;
-    float cc = b * m_old + omb * g;
-    return w * c->decay - c->lr * sign_of(cc);
+    float cc = fmaf(c->beta1, m_old, c->one_minus_beta1 * g);
+    return fmaf(-c->lr, sign_of(cc), w * c->decay);
 }
 
 // (beta, 1 - beta) of moment mo: StepScalars::moment_mix.
@@ -287,10 +341,15 @@ __device__ __forceinline__ float moment_beta(const Ctrl* c, u32 mo) {
     return (c->adamw && mo == 0) ? c->beta1 : c->beta2;
 }
 
-// Row i, column j of U diag(S) V^T from u*s (row i, in `us`, r values) and the transposed V.
+__device__ __forceinline__ float moment_weight(const Ctrl* c, u32 mo) {
+    return (c->adamw && mo == 0) ? c->one_minus_beta1 : c->one_minus_beta2;
+}
+
+// Row i, column j of U diag(S) V^T from u*s (row i, in `us`, r values) and the transposed V
+// (MomentTerms::rebuild).
 __device__ __forceinline__ float rebuild(const float* us, const float* vt, u32 r, u32 n, u32 j) {
     float out = 0.0f;
-    for (u32 l = 0; l < r; ++l) out += us[l] * vt[(u64)l * n + j];
+    for (u32 l = 0; l < r; ++l) out = fmaf(us[l], vt[(u64)l * n + j], out);
     return out;
 }
 
@@ -298,11 +357,9 @@ __device__ __forceinline__ float rebuild(const float* us, const float* vt, u32 r
 __device__ __forceinline__ void moment_step(const Ctrl* c, u32 mo, float rebuilt, float g, float* old_out, float* new_out) {
     float old = rebuilt;
     if (c->adamw && mo == 1) old = old < 0.0f ? c->fill : old;
-    float beta = moment_beta(c, mo);
-    float weight = 1.0f - beta;
     float h = (c->adamw && mo == 1) ? g * g : g;
     *old_out = old;
-    *new_out = beta * old + weight * h;
+    *new_out = fmaf(moment_beta(c, mo), old, moment_weight(c, mo) * h);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -355,7 +412,7 @@ extern "C" __global__ void mlorc_prepare(Ctrl* c, Hyper h, const float* lr_ptr, 
         else { skip = 1; error |= 2u; }
     }
     u64 t = c->step + 1;
-    double step_size = lr, bc2 = 1.0;
+    double step_size = lr, bc2 = 1.0;  // bc2: sqrt(1 - beta2^t)
     if (h.adamw && h.bias_correction) {
         double bc1 = 1.0 - pow(h.beta1, (double)t);
         double b2 = 1.0 - pow(h.beta2, (double)t);
@@ -371,10 +428,12 @@ extern "C" __global__ void mlorc_prepare(Ctrl* c, Hyper h, const float* lr_ptr, 
     c->lr = (float)lr;
     c->decay = (float)(1.0 - lr * h.weight_decay);
     c->step_size = (float)step_size;
-    c->bc2sqrt = (float)bc2;
+    c->inv_bc2sqrt = (float)(1.0 / bc2);
     c->eps = (float)h.eps;
     c->beta1 = (float)h.beta1;
     c->beta2 = (float)h.beta2;
+    c->one_minus_beta1 = (float)(1.0 - h.beta1);
+    c->one_minus_beta2 = (float)(1.0 - h.beta2);
     c->grad_factor = grad_factor;
     c->fill = 0.0f;
 }
@@ -393,18 +452,18 @@ extern "C" __global__ void mlorc_dense(const Ctrl* c, Io io, float* m, float* v,
     for (u64 e = (u64)blockIdx.x * blockDim.x + threadIdx.x; e < len; e += (u64)gridDim.x * blockDim.x) {
         float g = load_elem(io.grad, io.grad_dtype, e) * c->grad_factor;
         float w = load_elem(io.param, io.param_dtype, e);
-        float b1 = moment_beta(c, 0), w1 = 1.0f - b1;
+        float b1 = moment_beta(c, 0), w1 = moment_weight(c, 0);
         if (c->adamw) {
-            float b2 = moment_beta(c, 1), w2 = 1.0f - b2;
-            float mm = b1 * m[e] + w1 * g;
-            float vv = b2 * v[e] + w2 * (g * g);
+            float b2 = moment_beta(c, 1), w2 = moment_weight(c, 1);
+            float mm = fmaf(b1, m[e], w1 * g);
+            float vv = fmaf(b2, v[e], w2 * (g * g));
             m[e] = mm;
             v[e] = vv;
             w = adamw_update(c, w, mm, vv);
         } else {
             float mm = m[e];
             w = lion_update(c, w, mm, g);
-            m[e] = b1 * mm + w1 * g;
+            m[e] = fmaf(b1, mm, w1 * g);
         }
         store_elem(io.param, io.param_dtype, e, w, c);
     }
@@ -430,24 +489,17 @@ extern "C" __global__ void mlorc_transpose_v(const Ctrl* c, Ptrs p) {
 // sums |x| (f32) and counts the negative entries; the block adds the threads' sums in f64.
 extern "C" __global__ void mlorc_negative_partial(const Ctrl* c, Ptrs p) {
     __shared__ double scratch[33];
+    extern __shared__ float neg_us[];  // r floats: u * s of the block's current row
     if (c->skip) return;
     const u32 mo = 1, r = p.r, n = p.n;
     float sum = 0.0f;
     u32 count = 0;
     for (u32 i = blockIdx.x; i < p.m; i += gridDim.x) {
-        float us[64];
-        // Rows are rebuilt with r <= 64 held in registers; larger ranks read u and s directly.
-        const float* urow = p.u[mo] + (u64)i * r;
-        if (r <= 64) {
-            for (u32 l = 0; l < r; ++l) us[l] = urow[l] * p.s[mo][l];
-        }
+        __syncthreads();  // the previous row's u * s is no longer read
+        for (u32 l = threadIdx.x; l < r; l += blockDim.x) neg_us[l] = p.u[mo][(u64)i * r + l] * p.s[mo][l];
+        __syncthreads();
         for (u32 j = threadIdx.x; j < n; j += blockDim.x) {
-            float x = 0.0f;
-            if (r <= 64) {
-                x = rebuild(us, p.vt[mo], r, n, j);
-            } else {
-                for (u32 l = 0; l < r; ++l) x += (urow[l] * p.s[mo][l]) * p.vt[mo][(u64)l * n + j];
-            }
+            float x = rebuild(neg_us, p.vt[mo], r, n, j);
             bool negative = x < 0.0f;
             sum += negative ? -x : 0.0f;
             count += negative ? 1u : 0u;
@@ -461,15 +513,16 @@ extern "C" __global__ void mlorc_negative_partial(const Ctrl* c, Ptrs p) {
     }
 }
 
-// Stage 2, one thread: blocks added in order; c = sum / count (0 when there is no negative).
+// Stage 2, one block of `blocks` threads (NEG_BLOCKS, a multiple of 32): thread b holds block
+// b's partials, added by block_sum_f64's fixed tree; c = sum / count (0 when there is no
+// negative).
 extern "C" __global__ void mlorc_negative_final(Ctrl* c, Ptrs p, u32 blocks) {
-    if (blockIdx.x != 0 || threadIdx.x != 0 || c->skip) return;
-    double sum = 0.0, count = 0.0;
-    for (u32 b = 0; b < blocks; ++b) {
-        sum += p.negp[2 * b];
-        count += p.negp[2 * b + 1];
-    }
-    c->fill = count == 0.0 ? 0.0f : (float)(sum / count);
+    __shared__ double scratch[33];
+    if (c->skip) return;
+    const u32 b = threadIdx.x;
+    double sum = block_sum_f64(b < blocks ? p.negp[2 * b] : 0.0, scratch);
+    double count = block_sum_f64(b < blocks ? p.negp[2 * b + 1] : 0.0, scratch);
+    if (b == 0) c->fill = count == 0.0 ? 0.0f : (float)(sum / count);
 }
 
 // Omega of every moment: xt[mo][l][j] is normal number j % 4 of Philox block (l << 32 | j / 4)
@@ -503,7 +556,8 @@ extern "C" __global__ void mlorc_omega(const Ctrl* c, Ptrs p) {
 template <int KC>
 __device__ void sketch_impl(const Ctrl* c, Ptrs p, Io io, u32 l0, u32 use_bt) {
     extern __shared__ float sk_shared[];  // SK_ROWS * moments * r floats: u * s of the rows
-    __shared__ float warp_part[SK_THREADS / 32];
+    // Each warp's totals, for the block sum (one barrier for all of them).
+    __shared__ float warp_part[SK_THREADS / 32][SK_ROWS * MAX_MOMENTS * KC];
     if (c->skip) return;
     const u32 m = p.m, n = p.n, r = p.r, k = p.k, moments = p.moments;
     const u32 i0 = blockIdx.x * SK_ROWS;
@@ -514,45 +568,70 @@ __device__ void sketch_impl(const Ctrl* c, Ptrs p, Io io, u32 l0, u32 use_bt) {
         sk_shared[e] = i < m ? p.u[mo][(u64)i * r + l] * p.s[mo][l] : 0.0f;
     }
     __syncthreads();
+    const float grad_factor = c->grad_factor;
+    // Loops over moments and rows run to compile-time bounds (guarded), so the accumulators
+    // stay in registers.
     float acc[SK_ROWS][MAX_MOMENTS][KC];
+#pragma unroll
     for (int a = 0; a < SK_ROWS; ++a)
+#pragma unroll
         for (int b = 0; b < MAX_MOMENTS; ++b)
+#pragma unroll
             for (int q = 0; q < KC; ++q) acc[a][b][q] = 0.0f;
     for (u32 j = threadIdx.x; j < n; j += SK_THREADS) {
-        float x[MAX_MOMENTS][KC];
-        for (u32 mo = 0; mo < MAX_MOMENTS; ++mo) {
-            const float* src = use_bt ? p.bt[mo < moments ? mo : 0] : p.xt[mo < moments ? mo : 0];
-            for (int q = 0; q < KC; ++q)
-                x[mo][q] = (mo < moments && l0 + q < k) ? src[(u64)(l0 + q) * n + j] : 0.0f;
-        }
-        for (int row = 0; row < SK_ROWS; ++row) {
-            u32 i = i0 + row;
-            if (i >= m) break;
-            float g = load_elem(io.grad, io.grad_dtype, (u64)i * n + j) * c->grad_factor;
-            for (u32 mo = 0; mo < moments; ++mo) {
-                float rebuilt = rebuild(sk_shared + (row * moments + mo) * r, p.vt[mo], r, n, j);
-                float old, a;
-                moment_step(c, mo, rebuilt, g, &old, &a);
-                for (int q = 0; q < KC; ++q) acc[row][mo][q] += a * x[mo][q];
-            }
-        }
-    }
-    const u32 lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
-    for (int row = 0; row < SK_ROWS; ++row) {
-        for (u32 mo = 0; mo < moments; ++mo) {
-            for (int q = 0; q < KC; ++q) {
-                float w = warp_sum_f32(acc[row][mo][q]);
-                __syncthreads();
-                if (lane == 0) warp_part[warp] = w;
-                __syncthreads();
-                if (threadIdx.x == 0) {
-                    float t = warp_part[0];
-                    for (u32 ww = 1; ww < SK_THREADS / 32; ++ww) t += warp_part[ww];
-                    u32 i = i0 + row;
-                    if (i < m && l0 + q < k) p.yt[mo][(u64)(l0 + q) * m + i] = t;
+        // The rows' gradients first: independent loads in flight together.
+        float g[SK_ROWS];
+#pragma unroll
+        for (int row = 0; row < SK_ROWS; ++row)
+            g[row] = i0 + row < m ? load_elem(io.grad, io.grad_dtype, (u64)(i0 + row) * n + j) * grad_factor : 0.0f;
+#pragma unroll
+        for (int mo = 0; mo < MAX_MOMENTS; ++mo) {
+            if (mo < (int)moments) {
+                const float* src = use_bt ? p.bt[mo] : p.xt[mo];
+                float x[KC];
+#pragma unroll
+                for (int q = 0; q < KC; ++q) x[q] = l0 + q < k ? src[(u64)(l0 + q) * n + j] : 0.0f;
+                // Each row's rebuild is the fma chain of `rebuild`; V^T is read once for all rows.
+                float rebuilt[SK_ROWS];
+#pragma unroll
+                for (int row = 0; row < SK_ROWS; ++row) rebuilt[row] = 0.0f;
+                const float* vt = p.vt[mo];
+                for (u32 l = 0; l < r; ++l) {
+                    float v = vt[(u64)l * n + j];
+#pragma unroll
+                    for (int row = 0; row < SK_ROWS; ++row)
+                        rebuilt[row] = fmaf(sk_shared[(row * moments + mo) * r + l], v, rebuilt[row]);
+                }
+#pragma unroll
+                for (int row = 0; row < SK_ROWS; ++row) {
+                    if (i0 + row < m) {
+                        float old, a;
+                        moment_step(c, mo, rebuilt[row], g[row], &old, &a);
+#pragma unroll
+                        for (int q = 0; q < KC; ++q) acc[row][mo][q] = fmaf(a, x[q], acc[row][mo][q]);
+                    }
                 }
             }
         }
+    }
+    // Block sums: warp tree, then the warps' totals in warp order.
+    const u32 lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int row = 0; row < SK_ROWS; ++row)
+#pragma unroll
+        for (int mo = 0; mo < MAX_MOMENTS; ++mo)
+#pragma unroll
+            for (int q = 0; q < KC; ++q) {
+                float w = warp_sum_f32(acc[row][mo][q]);
+                if (lane == 0) warp_part[warp][(row * MAX_MOMENTS + mo) * KC + q] = w;
+            }
+    __syncthreads();
+    for (u32 e = threadIdx.x; e < SK_ROWS * MAX_MOMENTS * KC; e += SK_THREADS) {
+        u32 row = e / (MAX_MOMENTS * KC), mo = (e / KC) % MAX_MOMENTS, q = e % KC;
+        float t = warp_part[0][e];
+        for (u32 ww = 1; ww < SK_THREADS / 32; ++ww) t += warp_part[ww][e];
+        u32 i = i0 + row;
+        if (mo < moments && i < m && l0 + q < k) p.yt[mo][(u64)(l0 + q) * m + i] = t;
     }
 }
 
@@ -568,56 +647,118 @@ SKETCH_KERNEL(8)
 // ---------------------------------------------------------------------------------------------
 // Projection pass: B^T[:, l0 .. l0+KC] = A^T Q[:, l0 .. l0+KC] for every moment, and (with
 // `update`, only in the launch with l0 == 0) the weight update of every element in place.
-// Block (bx, by) has PJ_COLS x PJ_SLABS threads: thread (tx, ty) owns column j = PJ_COLS*bx + tx
-// and row slab s = PJ_SLABS*by + ty of S = PJ_SLABS * grid_slabs slabs, each of
-// ceil(m / S) consecutive rows summed in order. The block adds its slabs in order (ty = 0, 1,
-// ...) into part[by]; mlorc_project_reduce adds part[0], part[1], ... in order.
+// Block (bx, by) has PJ_COLS x PJ_SLABS threads: thread (tx, ty) owns the PJ_VEC columns from
+// j0 = PJ_VEC * (PJ_COLS*bx + tx) and row slab s = PJ_SLABS*by + ty of S = PJ_SLABS * grid_slabs
+// slabs, each of ceil(m / S) consecutive rows summed in order. The block adds its slabs in order
+// (ty = 0, 1, ...) into part[by]; mlorc_project_reduce adds part[0], part[1], ... in order.
+// A row's factors and Q are read once for the thread's PJ_VEC columns.
 
 template <int KC>
 __device__ void project_impl(const Ctrl* c, Ptrs p, Io io, u32 l0, u32 update) {
-    __shared__ float red[PJ_SLABS][PJ_COLS];
+    __shared__ float red[PJ_SLABS][PJ_COLS * PJ_VEC];
     if (c->skip) return;
     const u32 m = p.m, n = p.n, r = p.r, k = p.k, moments = p.moments;
     const u32 tx = threadIdx.x, ty = threadIdx.y;
-    const u32 j = blockIdx.x * PJ_COLS + tx;
+    const u32 j0 = (blockIdx.x * PJ_COLS + tx) * PJ_VEC;
+    const u32 count = j0 < n ? min(PJ_VEC, n - j0) : 0u;  // columns of this thread
     const u32 slabs = PJ_SLABS * p.grid_slabs;
     const u32 slab = blockIdx.y * PJ_SLABS + ty;
     const u32 rows_per_slab = (m + slabs - 1) / slabs;
     const u32 row_begin = min(m, slab * rows_per_slab), row_end = min(m, row_begin + rows_per_slab);
-    float acc[MAX_MOMENTS][KC];
+    // Compile-time loops over moments, columns and Q's columns (guarded): the accumulators
+    // stay in registers.
+    float acc[MAX_MOMENTS][KC][PJ_VEC];
+#pragma unroll
     for (int b = 0; b < MAX_MOMENTS; ++b)
-        for (int q = 0; q < KC; ++q) acc[b][q] = 0.0f;
-    if (j < n) {
-        for (u32 i = row_begin; i < row_end; ++i) {
-            u64 e = (u64)i * n + j;
-            float g = load_elem(io.grad, io.grad_dtype, e) * c->grad_factor;
-            float olds[MAX_MOMENTS], news[MAX_MOMENTS];
-            for (u32 mo = 0; mo < moments; ++mo) {
-                const float* urow = p.u[mo] + (u64)i * r;
-                float rebuilt = 0.0f;
-                for (u32 l = 0; l < r; ++l) rebuilt += (urow[l] * p.s[mo][l]) * p.vt[mo][(u64)l * n + j];
-                moment_step(c, mo, rebuilt, g, &olds[mo], &news[mo]);
-                for (int q = 0; q < KC; ++q) {
-                    float ql = l0 + q < k ? p.yt[mo][(u64)(l0 + q) * m + i] : 0.0f;
-                    acc[mo][q] += ql * news[mo];
-                }
+#pragma unroll
+        for (int q = 0; q < KC; ++q)
+#pragma unroll
+            for (int v = 0; v < PJ_VEC; ++v) acc[b][q][v] = 0.0f;
+    if (count > 0) {
+        const float grad_factor = c->grad_factor;
+        for (u32 batch = row_begin; batch < row_end; batch += PJ_BATCH) {
+            // A batch's gradients and weights are loaded first, so PJ_BATCH rows of memory
+            // traffic are in flight at once; the rows are then summed in order.
+            float g[PJ_BATCH][PJ_VEC], w[PJ_BATCH][PJ_VEC];
+#pragma unroll
+            for (int b = 0; b < PJ_BATCH; ++b) {
+                const u32 i = batch + b;
+                const u64 e = (u64)i * n + j0;
+                load4(io.grad, io.grad_dtype, e, i < row_end ? count : 0u, g[b]);
+                load4(io.param, io.param_dtype, e, (update && i < row_end) ? count : 0u, w[b]);
+#pragma unroll
+                for (int v = 0; v < PJ_VEC; ++v) g[b][v] *= grad_factor;
             }
-            if (update) {
-                float w = load_elem(io.param, io.param_dtype, e);
-                w = c->adamw ? adamw_update(c, w, news[0], news[1]) : lion_update(c, w, olds[0], g);
-                store_elem(io.param, io.param_dtype, e, w, c);
+#pragma unroll
+            for (int b = 0; b < PJ_BATCH; ++b) {
+                const u32 i = batch + b;
+                if (i < row_end) {
+                    float olds[MAX_MOMENTS][PJ_VEC], news[MAX_MOMENTS][PJ_VEC];
+#pragma unroll
+                    for (int mo = 0; mo < MAX_MOMENTS; ++mo) {
+#pragma unroll
+                        for (int v = 0; v < PJ_VEC; ++v) {
+                            olds[mo][v] = 0.0f;
+                            news[mo][v] = 0.0f;
+                        }
+                        if (mo < (int)moments) {
+                            // Factors and Q are read-only in this kernel (__ldg): their loads
+                            // need not wait for the weight stores of earlier rows.
+                            const float* urow = p.u[mo] + (u64)i * r;
+                            float rebuilt[PJ_VEC];
+#pragma unroll
+                            for (int v = 0; v < PJ_VEC; ++v) rebuilt[v] = 0.0f;
+                            for (u32 l = 0; l < r; ++l) {
+                                const float us = __ldg(urow + l) * __ldg(p.s[mo] + l);
+                                const float* vrow = p.vt[mo] + (u64)l * n + j0;
+                                float vt[PJ_VEC];
+                                if (count == PJ_VEC && ((u64)vrow & 15u) == 0) {
+                                    float4 t = __ldg((const float4*)vrow);
+                                    vt[0] = t.x; vt[1] = t.y; vt[2] = t.z; vt[3] = t.w;
+                                } else {
+#pragma unroll
+                                    for (int v = 0; v < PJ_VEC; ++v) vt[v] = (u32)v < count ? __ldg(vrow + v) : 0.0f;
+                                }
+#pragma unroll
+                                for (int v = 0; v < PJ_VEC; ++v) rebuilt[v] = fmaf(us, vt[v], rebuilt[v]);
+                            }
+#pragma unroll
+                            for (int v = 0; v < PJ_VEC; ++v) moment_step(c, mo, rebuilt[v], g[b][v], &olds[mo][v], &news[mo][v]);
+#pragma unroll
+                            for (int q = 0; q < KC; ++q) {
+                                const float ql = l0 + q < k ? __ldg(p.yt[mo] + (u64)(l0 + q) * m + i) : 0.0f;
+#pragma unroll
+                                for (int v = 0; v < PJ_VEC; ++v) acc[mo][q][v] = fmaf(ql, news[mo][v], acc[mo][q][v]);
+                            }
+                        }
+                    }
+                    if (update) {
+                        float wn[PJ_VEC];
+#pragma unroll
+                        for (int v = 0; v < PJ_VEC; ++v)
+                            wn[v] = c->adamw ? adamw_update(c, w[b][v], news[0][v], news[1][v]) : lion_update(c, w[b][v], olds[0][v], g[b][v]);
+                        store4(io.param, io.param_dtype, (u64)i * n + j0, count, wn, c);
+                    }
+                }
             }
         }
     }
-    for (u32 mo = 0; mo < moments; ++mo) {
-        for (int q = 0; q < KC; ++q) {
-            __syncthreads();
-            red[ty][tx] = acc[mo][q];
-            __syncthreads();
-            if (ty == 0 && j < n && l0 + q < k) {
-                float t = red[0][tx];
-                for (u32 y = 1; y < PJ_SLABS; ++y) t += red[y][tx];
-                p.part[(((u64)blockIdx.y * moments + mo) * k + (l0 + q)) * n + j] = t;
+#pragma unroll
+    for (int mo = 0; mo < MAX_MOMENTS; ++mo) {
+        if (mo < (int)moments) {  // uniform across the block: the barriers are safe
+#pragma unroll
+            for (int q = 0; q < KC; ++q) {
+                __syncthreads();
+#pragma unroll
+                for (int v = 0; v < PJ_VEC; ++v) red[ty][tx * PJ_VEC + v] = acc[mo][q][v];
+                __syncthreads();
+                if (ty == 0 && l0 + q < k) {
+                    for (u32 v = 0; v < count; ++v) {
+                        float t = red[0][tx * PJ_VEC + v];
+                        for (u32 y = 1; y < PJ_SLABS; ++y) t += red[y][tx * PJ_VEC + v];
+                        p.part[(((u64)blockIdx.y * moments + mo) * k + (l0 + q)) * n + j0 + v] = t;
+                    }
+                }
             }
         }
     }
@@ -653,15 +794,18 @@ extern "C" __global__ void mlorc_project_reduce(const Ctrl* c, Ptrs p) {
 // Columns of a k x len column-contiguous f32 matrix (yt: len = m, or bt: len = n) made
 // orthonormal in place by CGS2 in f64 (linalg::orthonormalize_columns): dependent columns
 // become zero. Block = ORTH_THREADS threads, blockIdx.x = moment. `which`: 0 = yt, 1 = bt.
-extern "C" __global__ void __launch_bounds__(ORTH_THREADS) mlorc_orthonormalize(const Ctrl* c, Ptrs p, u32 which) {
+// `in_shared`: the launch gave k * len doubles of shared memory for the f64 columns (each of
+// the ~k^2 dependent reductions then waits on shared memory, not L2); else they live in dwork.
+extern "C" __global__ void __launch_bounds__(ORTH_THREADS) mlorc_orthonormalize(const Ctrl* c, Ptrs p, u32 which, u32 in_shared) {
     __shared__ double scratch[33];
     __shared__ double scale_sh;
+    extern __shared__ double orth_shared[];
     if (c->skip) return;
     const u32 mo = blockIdx.x, k = p.k;
     const u32 len = which == 0 ? p.m : p.n;
     float* a = which == 0 ? p.yt[mo] : p.bt[mo];
     const u32 stride_max = p.m > p.n ? p.m : p.n;
-    double* cols = p.dwork + (u64)mo * k * stride_max;
+    double* cols = in_shared ? orth_shared : p.dwork + (u64)mo * k * stride_max;
     // kept[l] lives in the small workspace's sigma slot: 1.0 kept, 0.0 not.
     double* kept = p.small + (u64)mo * (2 * (u64)k * k + k) + 2 * (u64)k * k;
     for (u64 e = threadIdx.x; e < (u64)k * len; e += blockDim.x) cols[e] = (double)a[e];
@@ -709,17 +853,23 @@ __device__ __forceinline__ long long total_key(double x) {
 // Gram matrix B B^T (k x k, f64) from bt, its eigen-decomposition by cyclic Jacobi
 // (linalg::symmetric_eigen, same rotation sequence), sorted descending (ties by index), and the
 // kept singular values: s[mo] written, small = [vectors k x k | work k x k | sigma k].
+// The Gram matrix and the rotations live in shared memory when the launch provides 2 k^2
+// doubles of it (k <= GRAM_SHARED_K), else in the workspace: Jacobi's serial steps wait on
+// every access.
 extern "C" __global__ void __launch_bounds__(ORTH_THREADS) mlorc_gram_eigen(const Ctrl* c, Ptrs p) {
     __shared__ double scratch[33];
     __shared__ int go;
+    extern __shared__ double gram_shared[];
     if (c->skip) return;
     const u32 mo = blockIdx.x, k = p.k, n = p.n, r = p.r;
+    const bool in_shared = k <= GRAM_SHARED_K;
     const float* bt = p.bt[mo];
     double* base = p.small + (u64)mo * (2 * (u64)k * k + k);
     double* vecs = base;            // sorted eigenvectors (columns)
-    double* a = base + (u64)k * k;  // Gram, then rotated in place
+    double* a = in_shared ? gram_shared : base + (u64)k * k;  // Gram, then rotated in place
     double* sigma = base + 2 * (u64)k * k;
-    double* w = p.dwork + (u64)mo * k * (p.m > p.n ? p.m : p.n);  // rotations accumulate here
+    // Rotations accumulate here.
+    double* w = in_shared ? gram_shared + (u64)k * k : p.dwork + (u64)mo * k * (p.m > p.n ? p.m : p.n);
     for (u32 x = 0; x < k; ++x) {
         for (u32 y = x; y < k; ++y) {
             double part = 0.0;

@@ -6,14 +6,23 @@
 pub(crate) const SK_ROWS: u32 = 4;
 /// Threads per block of the sketch pass (a multiple of 32).
 pub(crate) const SK_THREADS: u32 = 256;
-/// Columns per block of the projection pass (one warp wide).
+/// Threads across the columns of a projection block (one warp wide).
 pub(crate) const PJ_COLS: u32 = 32;
+/// Consecutive columns of one projection thread (vector loads; a row's factors read once for
+/// all of them).
+pub(crate) const PJ_VEC: u32 = 4;
 /// Row slabs per block of the projection pass.
 pub(crate) const PJ_SLABS: u32 = 8;
 /// Threads of the one-block-per-moment factorization kernels.
-pub(crate) const ORTH_THREADS: u32 = 256;
+pub(crate) const ORTH_THREADS: u32 = 1024;
+/// Most dynamic shared memory mlorc_orthonormalize takes for its f64 columns (k·len·8 bytes);
+/// larger problems keep them in the workspace.
+pub(crate) const ORTH_SHARED_MAX: u32 = 160 * 1024;
+/// Largest sketch width whose Gram matrix and rotations (2·k² f64) mlorc_gram_eigen keeps in
+/// shared memory.
+pub(crate) const GRAM_SHARED_K: u32 = 32;
 /// Blocks and threads of the negative-fill sweep.
-pub(crate) const NEG_BLOCKS: u32 = 256;
+pub(crate) const NEG_BLOCKS: u32 = 1024;
 pub(crate) const NEG_THREADS: u32 = 256;
 /// Threads per block of the elementwise kernels.
 pub(crate) const ELEMENTWISE_THREADS: u32 = 256;
@@ -26,8 +35,10 @@ pub fn defines() -> Vec<String> {
         format!("-DSK_ROWS={SK_ROWS}"),
         format!("-DSK_THREADS={SK_THREADS}"),
         format!("-DPJ_COLS={PJ_COLS}"),
+        format!("-DPJ_VEC={PJ_VEC}"),
         format!("-DPJ_SLABS={PJ_SLABS}"),
         format!("-DORTH_THREADS={ORTH_THREADS}"),
+        format!("-DGRAM_SHARED_K={GRAM_SHARED_K}"),
     ]
 }
 
@@ -35,8 +46,8 @@ pub fn defines() -> Vec<String> {
 /// at least one row per slab, at most 16. Depends on (m, n) only, so results do not depend on
 /// the device.
 pub fn grid_slabs(m: usize, n: usize) -> u32 {
-    let cols = n.div_ceil(PJ_COLS as usize) * PJ_COLS as usize;
-    let want = (1usize << 17).div_ceil(cols * PJ_SLABS as usize);
+    let threads_across = n.div_ceil(PJ_VEC as usize).div_ceil(PJ_COLS as usize) * PJ_COLS as usize;
+    let want = (1usize << 17).div_ceil(threads_across * PJ_SLABS as usize);
     let most = (m / PJ_SLABS as usize).max(1);
     want.clamp(1, 16).min(most) as u32
 }
@@ -48,7 +59,7 @@ pub fn chunk_width(remaining: u32) -> u32 {
 }
 
 /// Bytes of the device control block (`struct Ctrl`).
-pub(crate) const CTRL_BYTES: usize = 80;
+pub(crate) const CTRL_BYTES: usize = 88;
 /// Offset of `Ctrl.step` (u64) and `Ctrl.error` (u32).
 pub(crate) const CTRL_STEP_OFFSET: usize = 0;
 pub(crate) const CTRL_ERROR_OFFSET: usize = 28;

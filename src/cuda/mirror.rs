@@ -109,7 +109,7 @@ impl<'a> MirrorPasses<'a> {
         let (n, r) = (self.plan.cols, self.plan.rank);
         let mut out = 0f32;
         for l in 0..r {
-            out += (self.u[mo][i * r + l] * self.s[mo][l]) * self.vt[mo][l * n + j];
+            out = (self.u[mo][i * r + l] * self.s[mo][l]).mul_add(self.vt[mo][l * n + j], out);
         }
         out
     }
@@ -120,13 +120,14 @@ impl<'a> MirrorPasses<'a> {
         let old = if second && rebuilt < 0.0 { self.fill } else { rebuilt };
         let (beta, weight) = self.sc.moment_mix(mo);
         let h = if second { g * g } else { g };
-        (old, beta * old + weight * h)
+        (old, beta.mul_add(old, weight * h))
     }
 
     /// mlorc_negative_partial + mlorc_negative_final.
     fn negative_fill(&self) -> f32 {
         let (m, n) = (self.plan.rows, self.plan.cols);
-        let (mut total, mut count) = (0f64, 0f64);
+        let mut block_sums = vec![0f64; NEG_BLOCKS as usize];
+        let mut block_counts = vec![0f64; NEG_BLOCKS as usize];
         for b in 0..NEG_BLOCKS as usize {
             let mut sums = vec![0f64; NEG_THREADS as usize];
             let mut counts = vec![0f64; NEG_THREADS as usize];
@@ -146,9 +147,11 @@ impl<'a> MirrorPasses<'a> {
                 sums[t] = sum as f64;
                 counts[t] = c as f64;
             }
-            total += block_sum_f64(&sums);
-            count += block_sum_f64(&counts);
+            block_sums[b] = block_sum_f64(&sums);
+            block_counts[b] = block_sum_f64(&counts);
         }
+        // mlorc_negative_final: one thread per block's partials, the block tree.
+        let (total, count) = (block_sum_f64(&block_sums), block_sum_f64(&block_counts));
         if count == 0.0 {
             0.0
         } else {
@@ -194,7 +197,8 @@ impl FactoredPasses for MirrorPasses<'_> {
                                 let (_, a) = self.moment_step(mo, self.rebuild(mo, i, j), g);
                                 for q in 0..kc {
                                     let xv = if l0 + q < k { x[mo][(l0 + q) * n + j] } else { 0.0 };
-                                    acc[((t * rows + row) * moments + mo) * kc + q] += a * xv;
+                                    let slot = &mut acc[((t * rows + row) * moments + mo) * kc + q];
+                                    *slot = a.mul_add(xv, *slot);
                                 }
                             }
                         }
@@ -255,18 +259,19 @@ impl FactoredPasses for MirrorPasses<'_> {
                                 (olds[mo], news[mo]) = self.moment_step(mo, self.rebuild(mo, i, j), g);
                                 for q in 0..kc {
                                     let ql = if l0 + q < k { self.yt[mo][(l0 + q) * m + i] } else { 0.0 };
-                                    red[(ty * moments + mo) * kc + q] += ql * news[mo];
+                                    let slot = &mut red[(ty * moments + mo) * kc + q];
+                                    *slot = ql.mul_add(news[mo], *slot);
                                 }
                             }
                             if update {
                                 let w = self.param[e];
                                 self.param[e] = if self.adamw {
-                                    let denom = news[1].sqrt() / self.sc.bias_correction2_sqrt + self.sc.eps;
-                                    w * self.sc.decay - self.sc.step_size * (news[0] / denom)
+                                    let denom = news[1].sqrt().mul_add(self.sc.inv_bias_correction2_sqrt, self.sc.eps);
+                                    (-self.sc.step_size).mul_add(news[0] / denom, w * self.sc.decay)
                                 } else {
-                                    let c = self.sc.beta1 * olds[0] + (1.0 - self.sc.beta1) * g;
+                                    let c = self.sc.beta1.mul_add(olds[0], self.sc.one_minus_beta1 * g);
                                     let sign = if c > 0.0 { 1.0 } else if c < 0.0 { -1.0 } else { 0.0 };
-                                    w * self.sc.decay - self.sc.lr * sign
+                                    (-self.sc.lr).mul_add(sign, w * self.sc.decay)
                                 };
                             }
                         }

@@ -10,7 +10,7 @@ use cudarc::driver::{result, sys, CudaContext};
 use cudarc::nvrtc::sys as nvrtc;
 
 use super::context::{device_error, primary_context, ContextGuard};
-use super::launch::{defines, KERNEL_NAMES};
+use super::launch::{defines, KERNEL_NAMES, ORTH_SHARED_MAX};
 use super::probe::{ensure_available, no_panic, nvrtc_present};
 use super::KERNELS_SOURCE;
 use crate::error::{Error, Result};
@@ -96,6 +96,8 @@ pub struct DeviceKernels {
     pub ordinal: i32,
     pub arch: String,
     pub multiprocessors: u32,
+    /// Dynamic shared memory mlorc_orthonormalize may take (its columns in f64); 0: none.
+    pub orth_shared_bytes: u32,
     functions: HashMap<&'static str, sys::CUfunction>,
 }
 
@@ -137,7 +139,26 @@ pub fn device_kernels(ordinal: i32) -> Result<Arc<DeviceKernels>> {
         let f = unsafe { result::module::get_function(module, cname) }.map_err(|e| device_error(&format!("finding kernel {name}"), e))?;
         functions.insert(name, f);
     }
-    let d = Arc::new(DeviceKernels { ctx: ctx.clone(), ordinal, arch, multiprocessors, functions });
+    // Up to ORTH_SHARED_MAX bytes of the device's opt-in shared memory, less the static part.
+    let optin = ctx
+        .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+        .map_err(|e| device_error("reading the shared memory per block", e))?;
+    let mut orth_shared_bytes = (optin.max(0) as u32).saturating_sub(1024).min(ORTH_SHARED_MAX);
+    if orth_shared_bytes > 0 {
+        let orth = functions["mlorc_orthonormalize"];
+        // SAFETY: orth is a loaded kernel of this context; the value is within the device's limit.
+        let set = unsafe {
+            result::function::set_function_attribute(
+                orth,
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                orth_shared_bytes as i32,
+            )
+        };
+        if set.is_err() {
+            orth_shared_bytes = 0;  // the columns stay in global memory: slower, same results
+        }
+    }
+    let d = Arc::new(DeviceKernels { ctx: ctx.clone(), ordinal, arch, multiprocessors, orth_shared_bytes, functions });
     devices.push((ordinal, d.clone()));
     Ok(d)
 }
