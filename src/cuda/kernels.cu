@@ -578,37 +578,55 @@ __device__ void sketch_impl(const Ctrl* c, Ptrs p, Io io, u32 l0, u32 use_bt) {
         for (int b = 0; b < MAX_MOMENTS; ++b)
 #pragma unroll
             for (int q = 0; q < KC; ++q) acc[a][b][q] = 0.0f;
-    for (u32 j = threadIdx.x; j < n; j += SK_THREADS) {
+    // Thread t takes the groups of SK_VEC columns t, t + SK_THREADS, ..., each in column order.
+    const u32 groups = (n + SK_VEC - 1) / SK_VEC;
+    for (u32 gr = threadIdx.x; gr < groups; gr += SK_THREADS) {
+        const u32 j0 = gr * SK_VEC, count = min(SK_VEC, n - j0);
         // The rows' gradients first: independent loads in flight together.
-        float g[SK_ROWS];
+        float g[SK_ROWS][SK_VEC];
 #pragma unroll
-        for (int row = 0; row < SK_ROWS; ++row)
-            g[row] = i0 + row < m ? load_elem(io.grad, io.grad_dtype, (u64)(i0 + row) * n + j) * grad_factor : 0.0f;
+        for (int row = 0; row < SK_ROWS; ++row) {
+            load4(io.grad, io.grad_dtype, (u64)(i0 + row) * n + j0, i0 + row < m ? count : 0u, g[row]);
+#pragma unroll
+            for (int v = 0; v < SK_VEC; ++v) g[row][v] *= grad_factor;
+        }
 #pragma unroll
         for (int mo = 0; mo < MAX_MOMENTS; ++mo) {
             if (mo < (int)moments) {
                 const float* src = use_bt ? p.bt[mo] : p.xt[mo];
-                float x[KC];
+                float x[KC][SK_VEC];
 #pragma unroll
-                for (int q = 0; q < KC; ++q) x[q] = l0 + q < k ? src[(u64)(l0 + q) * n + j] : 0.0f;
-                // Each row's rebuild is the fma chain of `rebuild`; V^T is read once for all rows.
-                float rebuilt[SK_ROWS];
+                for (int q = 0; q < KC; ++q) load4(src, DTYPE_F32, (u64)(l0 + q) * n + j0, l0 + q < k ? count : 0u, x[q]);
+                // Each element's rebuild is the fma chain of `rebuild`; V^T is read once for
+                // all rows, U·S once for the group.
+                float rebuilt[SK_ROWS][SK_VEC];
 #pragma unroll
-                for (int row = 0; row < SK_ROWS; ++row) rebuilt[row] = 0.0f;
+                for (int row = 0; row < SK_ROWS; ++row)
+#pragma unroll
+                    for (int v = 0; v < SK_VEC; ++v) rebuilt[row][v] = 0.0f;
                 const float* vt = p.vt[mo];
                 for (u32 l = 0; l < r; ++l) {
-                    float v = vt[(u64)l * n + j];
+                    float vl[SK_VEC];
+                    load4(vt, DTYPE_F32, (u64)l * n + j0, count, vl);
 #pragma unroll
-                    for (int row = 0; row < SK_ROWS; ++row)
-                        rebuilt[row] = fmaf(sk_shared[(row * moments + mo) * r + l], v, rebuilt[row]);
+                    for (int row = 0; row < SK_ROWS; ++row) {
+                        const float us = sk_shared[(row * moments + mo) * r + l];
+#pragma unroll
+                        for (int v = 0; v < SK_VEC; ++v) rebuilt[row][v] = fmaf(us, vl[v], rebuilt[row][v]);
+                    }
                 }
 #pragma unroll
                 for (int row = 0; row < SK_ROWS; ++row) {
                     if (i0 + row < m) {
-                        float old, a;
-                        moment_step(c, mo, rebuilt[row], g[row], &old, &a);
 #pragma unroll
-                        for (int q = 0; q < KC; ++q) acc[row][mo][q] = fmaf(a, x[q], acc[row][mo][q]);
+                        for (int v = 0; v < SK_VEC; ++v) {
+                            if ((u32)v < count) {
+                                float old, a;
+                                moment_step(c, mo, rebuilt[row][v], g[row][v], &old, &a);
+#pragma unroll
+                                for (int q = 0; q < KC; ++q) acc[row][mo][q] = fmaf(a, x[q][v], acc[row][mo][q]);
+                            }
+                        }
                     }
                 }
             }
@@ -858,7 +876,6 @@ __device__ __forceinline__ long long total_key(double x) {
 // every access.
 extern "C" __global__ void __launch_bounds__(ORTH_THREADS) mlorc_gram_eigen(const Ctrl* c, Ptrs p) {
     __shared__ double scratch[33];
-    __shared__ int go;
     extern __shared__ double gram_shared[];
     if (c->skip) return;
     const u32 mo = blockIdx.x, k = p.k, n = p.n, r = p.r;
@@ -870,37 +887,77 @@ extern "C" __global__ void __launch_bounds__(ORTH_THREADS) mlorc_gram_eigen(cons
     double* sigma = base + 2 * (u64)k * k;
     // Rotations accumulate here.
     double* w = in_shared ? gram_shared + (u64)k * k : p.dwork + (u64)mo * k * (p.m > p.n ? p.m : p.n);
-    for (u32 x = 0; x < k; ++x) {
-        for (u32 y = x; y < k; ++y) {
-            double part = 0.0;
-            for (u32 j = threadIdx.x; j < n; j += blockDim.x) part += (double)bt[(u64)x * n + j] * (double)bt[(u64)y * n + j];
-            double g = block_sum_f64(part, scratch);
-            if (threadIdx.x == 0) {
-                a[x * k + y] = g;
-                a[y * k + x] = g;
+    if (k <= GRAM_FUSED_K) {
+        // Every entry's per-thread sum in one sweep over the columns (each entry's order as in
+        // the loop below), then one barrier for all the block sums.
+        __shared__ double gram_part[ORTH_THREADS / 32][GRAM_FUSED_K * (GRAM_FUSED_K + 1) / 2];
+        double part[GRAM_FUSED_K * (GRAM_FUSED_K + 1) / 2];
+#pragma unroll
+        for (int e = 0; e < GRAM_FUSED_K * (GRAM_FUSED_K + 1) / 2; ++e) part[e] = 0.0;
+        for (u32 j = threadIdx.x; j < n; j += blockDim.x) {
+            double col[GRAM_FUSED_K];
+#pragma unroll
+            for (int x = 0; x < GRAM_FUSED_K; ++x) col[x] = x < (int)k ? (double)bt[(u64)x * n + j] : 0.0;
+            int e = 0;
+#pragma unroll
+            for (int x = 0; x < GRAM_FUSED_K; ++x)
+#pragma unroll
+                for (int y = x; y < GRAM_FUSED_K; ++y) part[e++] += col[x] * col[y];
+        }
+        const u32 lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
+#pragma unroll
+        for (int e = 0; e < GRAM_FUSED_K * (GRAM_FUSED_K + 1) / 2; ++e) {
+            double t = warp_sum_f64(part[e]);
+            if (lane == 0) gram_part[warp][e] = t;
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            int e = 0;
+            for (int x = 0; x < GRAM_FUSED_K; ++x)
+                for (int y = x; y < GRAM_FUSED_K; ++y, ++e) {
+                    if (y >= (int)k) continue;
+                    double g = gram_part[0][e];
+                    for (u32 ww = 1; ww < (blockDim.x >> 5); ++ww) g += gram_part[ww][e];
+                    a[x * k + y] = g;
+                    a[y * k + x] = g;
+                }
+        }
+    } else {
+        for (u32 x = 0; x < k; ++x) {
+            for (u32 y = x; y < k; ++y) {
+                double part = 0.0;
+                for (u32 j = threadIdx.x; j < n; j += blockDim.x) part += (double)bt[(u64)x * n + j] * (double)bt[(u64)y * n + j];
+                double g = block_sum_f64(part, scratch);
+                if (threadIdx.x == 0) {
+                    a[x * k + y] = g;
+                    a[y * k + x] = g;
+                }
             }
         }
     }
     for (u32 e = threadIdx.x; e < k * k; e += blockDim.x) w[e] = (e / k == e % k) ? 1.0 : 0.0;
     __syncthreads();
+    // Jacobi on the first warp only (k x k is small): warp barriers, no block-wide ones.
+    if (threadIdx.x >= 32) return;
+    const u32 lane = threadIdx.x;
     double total = 0.0;
-    if (threadIdx.x == 0)
+    if (lane == 0)
         for (u32 e = 0; e < k * k; ++e) total += a[e] * a[e];
     for (int sweep = 0; sweep < 64; ++sweep) {
-        if (threadIdx.x == 0) {
+        int more = 0;
+        if (lane == 0) {
             double off = 0.0;
             for (u32 i = 0; i < k; ++i)
                 for (u32 jj = 0; jj < k; ++jj)
                     if (jj != i) off += a[i * k + jj] * a[i * k + jj];
-            go = !(off <= 1e-30 * total || off == 0.0);
+            more = !(off <= 1e-30 * total || off == 0.0);
         }
-        __syncthreads();
-        if (!go) break;
+        if (!__shfl_sync(0xFFFFFFFFu, more, 0)) break;
         for (u32 pp = 0; pp < k; ++pp) {
             for (u32 q = pp + 1; q < k; ++q) {
                 double apq = a[pp * k + q];
                 double app = a[pp * k + pp], aqq = a[q * k + q];
-                __syncthreads();
+                __syncwarp();
                 if (apq == 0.0) continue;
                 double theta = (aqq - app) / (2.0 * apq);
                 double sgn = theta > 0.0 ? 1.0 : (theta < 0.0 ? -1.0 : 0.0);
@@ -910,13 +967,13 @@ extern "C" __global__ void __launch_bounds__(ORTH_THREADS) mlorc_gram_eigen(cons
                 if (theta == 0.0) t = 1.0;
                 double cs = 1.0 / sqrt(t * t + 1.0);
                 double sn = t * cs;
-                for (u32 row = threadIdx.x; row < k; row += blockDim.x) {
+                for (u32 row = lane; row < k; row += 32) {
                     double arp = a[row * k + pp], arq = a[row * k + q];
                     a[row * k + pp] = cs * arp - sn * arq;
                     a[row * k + q] = sn * arp + cs * arq;
                 }
-                __syncthreads();
-                for (u32 col = threadIdx.x; col < k; col += blockDim.x) {
+                __syncwarp();
+                for (u32 col = lane; col < k; col += 32) {
                     double apr = a[pp * k + col], aqr = a[q * k + col];
                     a[pp * k + col] = cs * apr - sn * aqr;
                     a[q * k + col] = sn * apr + cs * aqr;
@@ -924,11 +981,11 @@ extern "C" __global__ void __launch_bounds__(ORTH_THREADS) mlorc_gram_eigen(cons
                     w[col * k + pp] = cs * wrp - sn * wrq;
                     w[col * k + q] = sn * wrp + cs * wrq;
                 }
-                __syncthreads();
+                __syncwarp();
             }
         }
     }
-    __syncthreads();
+    __syncwarp();
     if (threadIdx.x == 0) {
         // Stable selection of the order: by value descending (total order), ties by index.
         // The order is kept in sigma[] temporarily as indices, then replaced by values.

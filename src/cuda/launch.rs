@@ -6,6 +6,8 @@
 pub(crate) const SK_ROWS: u32 = 4;
 /// Threads per block of the sketch pass (a multiple of 32).
 pub(crate) const SK_THREADS: u32 = 256;
+/// Consecutive columns of one sketch thread (vector loads; a row's U·S read once for all).
+pub(crate) const SK_VEC: u32 = 4;
 /// Threads across the columns of a projection block (one warp wide).
 pub(crate) const PJ_COLS: u32 = 32;
 /// Consecutive columns of one projection thread (vector loads; a row's factors read once for
@@ -21,6 +23,9 @@ pub(crate) const ORTH_SHARED_MAX: u32 = 160 * 1024;
 /// Largest sketch width whose Gram matrix and rotations (2·k² f64) mlorc_gram_eigen keeps in
 /// shared memory.
 pub(crate) const GRAM_SHARED_K: u32 = 32;
+/// Largest sketch width whose Gram matrix mlorc_gram_eigen sums in one sweep (k(k+1)/2 sums
+/// per thread in registers).
+pub(crate) const GRAM_FUSED_K: u32 = 4;
 /// Blocks and threads of the negative-fill sweep.
 pub(crate) const NEG_BLOCKS: u32 = 1024;
 pub(crate) const NEG_THREADS: u32 = 256;
@@ -34,11 +39,13 @@ pub fn defines() -> Vec<String> {
     vec![
         format!("-DSK_ROWS={SK_ROWS}"),
         format!("-DSK_THREADS={SK_THREADS}"),
+        format!("-DSK_VEC={SK_VEC}"),
         format!("-DPJ_COLS={PJ_COLS}"),
         format!("-DPJ_VEC={PJ_VEC}"),
         format!("-DPJ_SLABS={PJ_SLABS}"),
         format!("-DORTH_THREADS={ORTH_THREADS}"),
         format!("-DGRAM_SHARED_K={GRAM_SHARED_K}"),
+        format!("-DGRAM_FUSED_K={GRAM_FUSED_K}"),
     ]
 }
 

@@ -186,7 +186,10 @@ impl FactoredPasses for MirrorPasses<'_> {
                 // acc[thread][row][mo][q]
                 let mut acc = vec![0f32; threads * rows * moments * kc];
                 for t in 0..threads {
-                    for j in (t..n).step_by(threads) {
+                    // Thread t takes the groups of SK_VEC columns t, t + threads, ..., each in
+                    // column order.
+                    let groups = (t..n.div_ceil(SK_VEC as usize)).step_by(threads);
+                    for j in groups.flat_map(|gr| gr * SK_VEC as usize..((gr + 1) * SK_VEC as usize).min(n)) {
                         for row in 0..rows {
                             let i = i0 + row;
                             if i >= m {
