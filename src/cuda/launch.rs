@@ -59,6 +59,15 @@ pub fn grid_slabs(m: usize, n: usize) -> u32 {
     want.clamp(1, 16).min(most) as u32
 }
 
+/// Dynamic shared memory a kernel may take without opting in (the sketch keeps SK_ROWS rows of
+/// U·S per moment there, the negative sweep one row).
+pub(crate) const DEFAULT_SHARED_BYTES: usize = 48 * 1024;
+
+/// The largest rank the kernels' shared memory holds for a state of `moments` moments.
+pub fn max_rank(moments: usize) -> usize {
+    DEFAULT_SHARED_BYTES / (4 * SK_ROWS as usize * moments.max(1))
+}
+
 /// The chunk width used for sketch columns l0 .. k: the smallest compiled width covering the
 /// rest, or the largest.
 pub fn chunk_width(remaining: u32) -> u32 {
@@ -205,6 +214,9 @@ mod tests {
         assert!((1..=16).contains(&grid_slabs(m, n)));
         assert_eq!(grid_slabs(3, 5), 1);
         assert_eq!(chunk_width(3), 4);
+        // The sketch's U·S rows of the largest rank fill the shared memory exactly.
+        assert_eq!(max_rank(2) * SK_ROWS as usize * 2 * 4, DEFAULT_SHARED_BYTES);
+        assert!(max_rank(1) >= 1024);
         assert_eq!(chunk_width(20), 8);
     }
 }
