@@ -78,13 +78,7 @@ impl CudaState {
             if m > u32::MAX as usize || n > u32::MAX as usize {
                 return Err(Error::Unsupported(format!("{m}x{n}: the CUDA backend takes at most 2^32-1 rows and columns")));
             }
-            if r > max_rank(moments) {
-                // Refused here rather than by a kernel launch half-way through a step.
-                return Err(Error::Unsupported(format!(
-                    "rank {r}: the CUDA backend's kernels take at most rank {} with {moments} moment(s)",
-                    max_rank(moments)
-                )));
-            }
+
             let sizes = WorkspaceSizes::new(m, n, r, k, moments);
             let mem = DeviceMemory::zeroed(&dev.ctx, sizes.bytes(moments) + 16 * 256, "the step workspace")?;
             let mut at = mem.ptr();

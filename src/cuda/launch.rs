@@ -64,9 +64,14 @@ pub fn grid_slabs(m: usize, n: usize) -> u32 {
 pub(crate) const DEFAULT_SHARED_BYTES: usize = 48 * 1024;
 
 /// The largest rank the kernels' shared memory holds for a state of `moments` moments.
-pub fn max_rank(moments: usize) -> usize {
-    DEFAULT_SHARED_BYTES / (4 * SK_ROWS as usize * moments.max(1))
+pub const fn max_rank(moments: usize) -> usize {
+    let moments = if moments == 0 { 1 } else { moments };
+    DEFAULT_SHARED_BYTES / (4 * SK_ROWS as usize * moments)
 }
+
+// Every rank a config may ask for (rank + oversampling ≤ MAX_SKETCH_WIDTH) fits: no launch can
+// fail for want of shared memory half-way through a step.
+const _: () = assert!(crate::config::MAX_SKETCH_WIDTH as usize <= max_rank(2));
 
 /// The chunk width used for sketch columns l0 .. k: the smallest compiled width covering the
 /// rest, or the largest.
