@@ -4,7 +4,6 @@
 //! synchronisation, no allocation and no module loading, so it can be captured into a CUDA
 //! graph. `run_factored` (src/step.rs) drives the FACTORED passes, as on the CPU.
 
-
 use std::ffi::c_void;
 use std::sync::Arc;
 
@@ -78,7 +77,6 @@ impl CudaState {
             if m > u32::MAX as usize || n > u32::MAX as usize {
                 return Err(Error::Unsupported(format!("{m}x{n}: the CUDA backend takes at most 2^32-1 rows and columns")));
             }
-
             let sizes = WorkspaceSizes::new(m, n, r, k, moments);
             let mem = DeviceMemory::zeroed(&dev.ctx, sizes.bytes(moments) + 16 * 256, "the step workspace")?;
             let mut at = mem.ptr();

@@ -549,9 +549,10 @@ extern "C" __global__ void mlorc_omega(const Ctrl* c, Ptrs p) {
 
 // ---------------------------------------------------------------------------------------------
 // Sketch pass: Y[:, l0 .. l0+KC] = A X[:, l0 .. l0+KC] for every moment. Block b takes rows
-// SK_ROWS*b .. SK_ROWS*b + SK_ROWS - 1; thread t (SK_THREADS per block) columns t, t + SK_THREADS,
-// ... in order, accumulating each (row, moment, l) in f32; then the block sum (warp tree, warps
-// in order). `use_bt`: X is B^T (a power iteration), else Omega.
+// SK_ROWS*b .. SK_ROWS*b + SK_ROWS - 1; thread t (SK_THREADS per block) the groups of SK_VEC
+// columns t, t + SK_THREADS, ..., column by column, accumulating each (row, moment, l) in f32;
+// then the block sum (warp tree, warps in order). `use_bt`: X is B^T (a power iteration), else
+// Omega.
 
 template <int KC>
 __device__ void sketch_impl(const Ctrl* c, Ptrs p, Io io, u32 l0, u32 use_bt) {
