@@ -495,6 +495,7 @@ def main():
     ap.add_argument("--bench", action="store_true")
     ap.add_argument("--out", default=".")
     ap.add_argument("--steps-only", action="store_true", help="a few 4096x4096 bf16 AdamW steps (for ncu)")
+    ap.add_argument("--profile-only", action="store_true", help="only the per-kernel profile (to compare builds)")
     args = ap.parse_args()
     assert torch.cuda.is_available(), "torch sees no GPU"
     torch.cuda.init()
@@ -515,6 +516,9 @@ def main():
             ml.check(ml.step(h, w, g), "step")
         torch.cuda.synchronize()
         ml.lib.mlorc_state_destroy(h)
+        return
+    if args.profile_only:
+        profile(ml, [])
         return
     if not args.bench:
         correctness(ml, args.quick)
