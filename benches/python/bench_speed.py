@@ -286,20 +286,25 @@ def plot(rows, path, bw):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 5))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(14, 6))
+    # Colour: the method; line: the dtype (f32 solid, bf16 dashed); marker: q (circle 0, square 1).
+    colours = {"torch AdamW fused": "tab:red", "torch AdamW foreach": "tab:orange", "MLorc-AdamW (lib)": "tab:blue",
+               "MLorc-Lion (lib)": "tab:green", "MLorc-AdamW (torch ref)": "tab:purple", "MLorc-Lion (torch ref)": "tab:brown"}
     series = {}
     for r in rows:
         if r["impl"] == "torch":
-            key = (f"torch AdamW {r['variant']} {r['dtype']}",)
+            method, q = f"torch AdamW {r['variant']}", None
         elif r["r"] == 4:
-            key = (f"{label(r)} {r['dtype']} r=4 q={r['q']}",)
+            method, q = label(r), r["q"]
         else:
             continue
-        series.setdefault(key[0], []).append((r["m"] * r["n"], r["ms"]))
-    for name, pts in sorted(series.items()):
+        key = (method, r["dtype"], q)
+        series.setdefault(key, []).append((r["m"] * r["n"], r["ms"]))
+    for (method, dtype, q), pts in sorted(series.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or 0)):
         pts.sort()
-        ls = "-" if "f32" in name else "--"
-        a1.plot([x for x, _ in pts], [y for _, y in pts], ls, marker="o", label=name)
+        name = f"{method} {dtype}" + ("" if q is None else f" r=4 q={q}")
+        a1.plot([x for x, _ in pts], [y for _, y in pts], "-" if dtype == "f32" else "--", marker="s" if q == 1 else "o",
+                color=colours.get(method, "black"), label=name)
     xs = sorted({r["m"] * r["n"] for r in rows})
     a1.plot(xs, [28 * x / bw / 1e6 for x in xs], "k:", lw=1, label="floor: 28 B/elt (fused AdamW f32)")
     a1.plot(xs, [16 * x / bw / 1e6 for x in xs], "k-.", lw=1, label="floor: 16 B/elt (MLorc q=0 f32)")
@@ -309,20 +314,21 @@ def plot(rows, path, bw):
     a1.set_ylabel("optimizer step, median ms")
     a1.set_title("step time vs matrix size")
     a1.grid(alpha=0.3, which="both")
-    a1.legend(fontsize=6.5)
+    a1.legend(fontsize=6.5, loc="upper left", ncol=2)
 
     shapes = sorted({(r["m"], r["n"]) for r in rows}, key=lambda s: s[0] * s[1])
-    for (m, n) in shapes:
+    shape_colours = ["tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:brown"]
+    for (m, n), colour in zip(shapes, shape_colours * len(shapes)):
         for alg in ("adamw", "lion"):
             pts = sorted((r["r"], r["ms"]) for r in rows if r["impl"] == "mlorc" and r["alg"] == alg
                          and r["dtype"] == "f32" and r["q"] == 0 and (r["m"], r["n"]) == (m, n))
             if pts:
-                a2.plot([x for x, _ in pts], [y for _, y in pts], "-" if alg == "adamw" else "--", marker="o",
+                a2.plot([x for x, _ in pts], [y for _, y in pts], "-" if alg == "adamw" else "--", marker="o", color=colour,
                         label=f"MLorc-{'AdamW' if alg == 'adamw' else 'Lion'} lib f32 q=0, {m}x{n}")
         best = [r["ms"] for r in rows if r["impl"] == "torch" and r["dtype"] == "f32" and (r["m"], r["n"]) == (m, n)]
         if best:
-            a2.axhline(min(best), color="gray", ls=":", lw=1)
-            a2.text(1, min(best), f" best torch AdamW f32 {m}x{n}", fontsize=6.5, va="bottom", color="gray")
+            a2.axhline(min(best), color=colour, ls=":", lw=1)
+            a2.text(1, min(best), f" best torch AdamW f32 {m}x{n}", fontsize=6.5, va="bottom", color=colour)
     a2.set_xscale("log", base=2)
     a2.set_yscale("log")
     a2.set_xlabel("rank r")
