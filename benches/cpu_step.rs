@@ -198,15 +198,19 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
-/// Step times of each case over `rounds` rounds, warm and cold: every round takes the cases in
+/// Step times of each case over `rounds` rounds, warm and cold, all on the same weights and
+/// gradient: every round takes the cases in
 /// an order drawn from the round's number and, for each, makes one untimed step, one timed step
 /// (warm: its data where that step left it, in cache where it fits), then evicts the caches and
 /// times one more (cold). Alternating within a round, the cases see the same host: a shared
 /// machine's speed drifts by up to 2× within minutes (BENCHMARKS.md).
 fn paired_times<E: BenchElement>(cases: &[Config], m: usize, n: usize, rounds: usize) -> Vec<(Vec<f64>, Vec<f64>)> {
     let desc = bench_desc::<E>(m, n);
-    let (w, g) = bench_tensors::<E>(m, n);
-    let mut states: Vec<(State, Vec<E>)> = cases.iter().map(|config| (State::new(config, &desc).unwrap(), w.clone())).collect();
+    // One weight buffer for every case: where an allocation lands changes how fast it streams
+    // (up to 1.8× on the KVM guest of BENCHMARKS.md §1), and no case's time depends on the
+    // weights' values.
+    let (mut w, g) = bench_tensors::<E>(m, n);
+    let mut states: Vec<State> = cases.iter().map(|config| State::new(config, &desc).unwrap()).collect();
     let buffer = vec![1u64; 16 << 20]; // 128 MiB, written: a never-written buffer would read one zero page
     let opts = StepOptions::lr(1e-4);
     let mut times = vec![(Vec::new(), Vec::new()); cases.len()];
@@ -219,10 +223,10 @@ fn paired_times<E: BenchElement>(cases: &[Config], m: usize, n: usize, rounds: u
             order.swap(i, (seed >> 33) as usize % (i + 1));
         }
         for &c in &order {
-            let (state, w) = &mut states[c];
+            let state = &mut states[c];
             let mut timed = || {
                 let t = Instant::now();
-                state.step(w, &g, &opts).unwrap();
+                state.step(&mut w, &g, &opts).unwrap();
                 t.elapsed().as_secs_f64()
             };
             timed();

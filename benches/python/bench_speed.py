@@ -13,8 +13,9 @@ at least --min-reps). torch threads: --threads (default 2); the library uses its
 
 Paired rounds (--paired-rounds, default 15): the targets' ratios (MLorc-AdamW r=4 at q=0 and
 q=1, MLorc-Lion r=4, each against torch AdamW, f32) measured again with the cases alternating
-round by round, the ratio taken per round: on a shared host whose speed drifts within minutes,
-the steadier measure of a ratio than cases timed one after the other.
+round by round, all on one parameter and gradient, the ratio taken per round: on a shared host
+whose speed drifts within minutes, the steadier measure of a ratio than cases timed one after
+the other.
 
 Memory: RSS growth = peak RSS during the optimizer's construction, warm-up and timed steps
 (the kernel's VmHWM, reset through /proc/self/clear_refs; no sampling thread competes with the
@@ -198,14 +199,15 @@ def run_case(c, m, n, args):
 
 def paired_rounds(m, n, fused_f32, args):
     """The targets' ratios measured in alternation: torch AdamW (fused where torch has it) and
-    MLorc-AdamW r=4 (q=0, q=1) and MLorc-Lion r=4, f32, each on its own parameter; every round
+    MLorc-AdamW r=4 (q=0, q=1) and MLorc-Lion r=4, f32, all on the same parameter; every round
     steps each case once untimed (its data back into cache where it fits) and then times
     --paired-steps steps of it, the cases in a fresh random order every round (seeded), so that
     no case keeps one predecessor. A shared host's speed drifts by up to 2x within minutes, so
     cases timed one after the other (the main table) carry that drift into their ratio; cases
     alternating within a fraction of a second see the same host. torch runs as two instances,
     first and last: two identical torch instances in one process differed by up to 1.5x in
-    their step time (BENCHMARKS.md), so the baseline of a round is the faster of the two
+    their step time (BENCHMARKS.md; each keeps its moments in its own memory), so the baseline
+    of a round is the faster of the two
     (torch's best path), and each ratio is taken per round against it; the median over rounds
     is reported."""
     torch_case = dict(impl="torch", alg="adamw", variant="fused" if fused_f32 else "foreach", dtype="f32", r=None, q=None)
@@ -214,10 +216,12 @@ def paired_rounds(m, n, fused_f32, args):
              dict(impl="mlorc", alg="adamw", variant="lib", dtype="f32", r=4, q=1),
              dict(impl="mlorc", alg="lion", variant="lib", dtype="f32", r=4, q=0),
              dict(torch_case, instance=2)]
-    g = torch.Generator().manual_seed(1234)
+    # One parameter and gradient for every case: where a tensor lands changes how fast it
+    # streams on the KVM guest of BENCHMARKS.md (§1, 2026-12-07), and no case's step time
+    # depends on the weights' values; each optimizer keeps its own state.
+    p = new_param(m, n, torch.float32, torch.Generator().manual_seed(1234))
     opts = []
     for c in cases:
-        p = new_param(m, n, torch.float32, g)
         opt = make_opt(c, p)
         for _ in range(2):
             opt.step()
