@@ -29,7 +29,7 @@ fi
 # Rust: the machine's toolchain. Only package registries are reachable, so a machine without
 # cargo cannot be fixed from here.
 if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
-    echo "ensure-deps: no cargo found; install a Rust toolchain (>= 1.88) first" >&2
+    echo "ensure-deps: no cargo found; install a Rust toolchain (>= 1.89) first" >&2
     exit 1
 fi
 

@@ -84,7 +84,7 @@ pub unsafe fn store(dst: *mut u8, dtype: Dtype, offset: usize, vals: &[f32], rou
             let mut e = offset;
             let mut words = [0u32; 4];
             for (o, &x) in d.iter_mut().zip(vals) {
-                if e % 4 == 0 || e == offset {
+                if e.is_multiple_of(4) || e == offset {
                     words = rng::philox4x32_10(rng::counter(e as u64 / 4, step, Stream::Rounding), key);
                 }
                 *o = round_stochastic(x, dtype, words[e % 4]);

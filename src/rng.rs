@@ -200,7 +200,7 @@ pub fn fill_omega_transposed(
 /// Elements (first .. first + out.len(), l) of Ω into `out`, `first` a multiple of 4: the
 /// values `fill_omega_transposed` puts there (so pieces of Ω can be drawn in parallel).
 pub fn fill_omega_columns(seed: u64, step: u64, stream: Stream, l: usize, first: usize, out: &mut [f32]) {
-    debug_assert!(first % 4 == 0);
+    debug_assert!(first.is_multiple_of(4));
     #[cfg(target_arch = "x86_64")]
     if crate::cpu::isa::active() >= crate::cpu::isa::CpuKernels::Avx2 {
         // SAFETY: the CPU has AVX2 (`active` names no build it lacks).

@@ -100,6 +100,7 @@ unsafe impl Sync for Collective {}
 
 impl Collective {
     /// Sums `data` across the group; `what` names the buffer for the error message.
+    #[allow(clippy::not_unsafe_ptr_arg_deref)] // `stream` is only handed on to the callback
     pub fn sum(&self, data: &mut [f32], stream: *mut c_void, what: &str) -> Result<()> {
         // SAFETY: `data` is valid for reads and writes of its length during the call (the
         // callback's contract).

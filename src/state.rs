@@ -186,7 +186,7 @@ impl State {
                 None if spec.is_empty() => NonNull::dangling(),
                 None => return invalid!("buffer {} is NULL", spec.name),
             };
-            if (p.as_ptr() as usize) % std::mem::align_of::<f32>() != 0 {
+            if !(p.as_ptr() as usize).is_multiple_of(std::mem::align_of::<f32>()) {
                 return invalid!("buffer {} is not 4-byte aligned", spec.name);
             }
             buffers.push(Buffer { spec, storage: Storage::Borrowed(p) });

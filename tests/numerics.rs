@@ -125,7 +125,7 @@ fn full_rank_factored_equals_adamw_and_lion() {
             // more than ~1e-6 of itself. Gradients near 0 would make some entries of V tiny and
             // their f32 reconstruction, not the algorithm, the error.
             let mut grads = |_t: usize| {
-                (0..m * n).map(|_| if rng.next_u64() % 2 == 0 { 1.0 } else { -1.0 } * (0.5 + rng.uniform() as f32)).collect()
+                (0..m * n).map(|_| if rng.next_u64().is_multiple_of(2) { 1.0 } else { -1.0 } * (0.5 + rng.uniform() as f32)).collect()
             };
             let err = run_against_dense(factored(algorithm, r, 0, q, 3), m, n, 30, &mut grads);
             assert!(err < 1e-4, "{algorithm:?} {m}x{n} r={r}: error {err:e}");

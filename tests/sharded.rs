@@ -334,7 +334,7 @@ fn bad_shards_are_refused() {
     // A one-rank group: the wrong number of elements is refused before any communication.
     let mut state = State::new_sharded(&config, &d, Shard { begin: 0, end: M * N }, Some(collective)).unwrap();
     let mut w = vec![0f32; 10];
-    assert!(matches!(state.step(&mut w, &vec![0f32; 10], &StepOptions::lr(1e-3)), Err(Error::InvalidArgument(_))));
+    assert!(matches!(state.step(&mut w, &[0f32; 10], &StepOptions::lr(1e-3)), Err(Error::InvalidArgument(_))));
     assert!(group.calls.lock().unwrap().is_empty());
 }
 

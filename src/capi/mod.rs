@@ -3,6 +3,10 @@
 //! MLORC_ERROR_INVALID_ARGUMENT, and writes out-parameters only on success. Only this module
 //! casts caller pointers.
 
+// Exported functions take the caller's raw pointers by the C convention and check them before
+// any use; marking them `unsafe` would change nothing for C callers.
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
+
 pub mod library;
 pub mod state;
 pub mod status;
@@ -111,7 +115,7 @@ pub(crate) fn caller_slice<'a, T>(p: *const T, len: usize, what: &str) -> Result
     if len.checked_mul(std::mem::size_of::<T>()).is_none_or(|b| b > isize::MAX as usize) {
         return invalid!("{what}: length {len} is too large");
     }
-    if (p as usize) % std::mem::align_of::<T>() != 0 {
+    if !(p as usize).is_multiple_of(std::mem::align_of::<T>()) {
         return invalid!("{what} is not aligned for its element type");
     }
     // SAFETY: the caller promises `len` readable elements at `p`.

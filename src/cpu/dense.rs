@@ -72,7 +72,7 @@ multiversion! {
             let mut v8 = v.as_deref().map(|v| pad(&v[body..]));
             step_groups::<S>(s, std::slice::from_mut(&mut m8), v8.as_mut().map(std::slice::from_mut), &[g8], std::slice::from_mut(&mut w8));
             m[body..].copy_from_slice(&m8[..rest]);
-            if let (Some(v), Some(v8)) = (v.as_deref_mut(), v8) {
+            if let (Some(v), Some(v8)) = (v, v8) {
                 v[body..].copy_from_slice(&v8[..rest]);
             }
             w[body..].copy_from_slice(&w8[..rest]);

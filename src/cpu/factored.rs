@@ -102,7 +102,7 @@ impl<'a> CpuFactored<'a> {
     /// Sums one buffer per moment across the group, in one call.
     fn sum_across_group(&mut self, pick: for<'b> fn(&'b mut MomentWork<'a>) -> &'b mut Vec<f32>, what: &str) -> Result<()> {
         let Some(collective) = self.collective else { return Ok(()) };
-        let mut packed: Vec<f32> = self.work.iter_mut().flat_map(|w| pick(w).iter().copied().collect::<Vec<_>>()).collect();
+        let mut packed: Vec<f32> = self.work.iter_mut().flat_map(|w| pick(w).to_vec()).collect();
         collective.sum(&mut packed, std::ptr::null_mut(), what)?;
         let mut rest = packed.as_slice();
         for w in &mut self.work {
@@ -382,7 +382,7 @@ impl Source<'_> {
     #[inline(always)] // into the AVX2 passes, where the conversions vectorize
     fn load_grad<'b>(&'b self, row: usize, col0: usize, len: usize, out: &'b mut [f32; CHUNK]) -> &'b [F8] {
         let offset = row * self.cols + col0;
-        if self.grad_in_place_f32() && len % LANES == 0 {
+        if self.grad_in_place_f32() && len.is_multiple_of(LANES) {
             // SAFETY: the range lies inside the rows × cols f32 gradient (contract of the step),
             // which nobody writes during the step.
             let direct = unsafe { std::slice::from_raw_parts((self.grad.get() as *const f32).wrapping_add(offset), len) };
@@ -404,7 +404,7 @@ impl Source<'_> {
     /// Whether the kernels read the gradient where it lies as bf16 (`Bf16s`): bf16, no scale
     /// to apply, and rows of whole groups (so every chunk is whole groups too).
     fn grad_in_place_bf16(&self) -> bool {
-        self.grad_dtype == Dtype::Bf16 && self.grad_factor == 1.0 && self.cols % LANES == 0
+        self.grad_dtype == Dtype::Bf16 && self.grad_factor == 1.0 && self.cols.is_multiple_of(LANES)
     }
 }
 
@@ -443,7 +443,7 @@ impl GradRows for F32s {
 impl GradRows for Bf16s {
     #[inline(always)]
     fn row<'b>(source: &'b Source, row: usize, col0: usize, len: usize, _: &'b mut [f32; CHUNK]) -> &'b [H8] {
-        debug_assert!(source.grad_in_place_bf16() && len % LANES == 0);
+        debug_assert!(source.grad_in_place_bf16() && len.is_multiple_of(LANES));
         let start = (source.grad.get() as *const u16).wrapping_add(row * source.cols + col0);
         // SAFETY: the range lies inside the rows × cols bf16 gradient (contract of the step),
         // which nobody writes during the step; u16 and [u16; 8] need the same alignment.
@@ -826,7 +826,7 @@ fn project_block<S: Lanes, G: GradRows, const R: usize, const ADAMW: bool, const
     // Rows read where they lie and weights updated where they lie need no chunk-sized copies:
     // one kernel call covers the tile's width. Each column still sums the rows in order, so
     // the bits are those of chunk by chunk.
-    let in_place = G::in_place(source) && width % LANES == 0 && update.is_none_or(|(_, dtype, scalars)| G::weights_in_place(dtype, &scalars.rounding));
+    let in_place = G::in_place(source) && width.is_multiple_of(LANES) && update.is_none_or(|(_, dtype, scalars)| G::weights_in_place(dtype, &scalars.rounding));
     let step = if in_place { width } else { CHUNK };
     for chunk0 in (col0..col0 + width).step_by(step) {
         let len = step.min(col0 + width - chunk0);
@@ -1097,7 +1097,7 @@ mod tests {
             for cols in [8, 100, 256, 300, 512, 1000, 1024, 2048, 4096, 11008, 50000] {
                 for threads in [1, 2, 3, 4, 8, 16, 64] {
                     let width = tile_width(cols, threads, bytes);
-                    assert!(width % CHUNK == 0 && (CHUNK..=MAX_TILE).contains(&width), "{cols} {threads}: {width}");
+                    assert!(width.is_multiple_of(CHUNK) && (CHUNK..=MAX_TILE).contains(&width), "{cols} {threads}: {width}");
                     assert!(width <= 8 * CHUNK || width * bytes <= WIDE_ACCUMULATOR_BYTES, "{moments}x{k}, {cols} {threads}: {width}");
                     let balanced = (cols.div_ceil(2 * threads).div_ceil(CHUNK) * CHUNK).clamp(CHUNK, width.max(8 * CHUNK));
                     if width != balanced {

@@ -60,7 +60,7 @@ impl CudaState {
             }
             Some(pointers) => {
                 for (spec, &p) in specs.iter().zip(pointers) {
-                    if (p as usize) % 4 != 0 {
+                    if !(p as usize).is_multiple_of(4) {
                         return invalid!("buffer {} is not 4-byte aligned", spec.name);
                     }
                     check_pointer(p as u64, ordinal, &format!("buffer {}", spec.name))?;
