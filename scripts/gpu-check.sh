@@ -8,6 +8,9 @@
 #   2. a short subset under compute-sanitizer (memcheck, then racecheck on the quick subset);
 #   3. the benchmark (per-matrix, per-kernel profile, whole-model), bench.json and a short table last;
 #   4. hardware counters (ncu) of the main kernels of a 4096x4096 bf16 step, where ncu works.
+# Kernel variants: build each library here (e.g. `cargo build --release --features
+# cuda-rank-projection`), carry them, and compare with `mlorc_gpu_test.py --quick --lib X`
+# (correctness) and `--profile-only --lib X` (per-kernel time); BENCHMARKS.md §3.
 # Fails loudly: any failed step makes the exit status non-zero, and the table says which.
 # Time budget: under 8 minutes in all (each stage has its own timeout).
 set -uo pipefail

@@ -361,6 +361,14 @@ impl FactoredPasses for CudaPasses<'_> {
     fn project(&mut self, update_weights: bool) -> Result<()> {
         let (c, p, io) = (self.launcher.ctrl, self.ptrs, self.io);
         let grid = (p.n.div_ceil(PJ_COLS * PJ_VEC), p.grid_slabs);
+        if cfg!(feature = "cuda-rank-projection") && p.r == p.k && SKETCH_CHUNKS.contains(&p.k) {
+            // One launch: the rank-specialized kernel (kernels.cu, project_rank_impl).
+            let update = update_weights as u32;
+            let name = format!("mlorc_project_r{}", p.k);
+            self.launcher.launch(&name, grid, (PJ_COLS, PJ_SLABS), 0, &mut [arg(&c), arg(&p), arg(&io), arg(&update)])?;
+            let work = p.moments as u64 * p.k as u64 * p.n as u64;
+            return self.launcher.launch("mlorc_project_reduce", self.blocks(work), ELEMENTWISE_THREADS, 0, &mut [arg(&c), arg(&p)]);
+        }
         let mut l0 = 0u32;
         while l0 < p.k {
             let width = chunk_width(p.k - l0);

@@ -324,24 +324,53 @@ __device__ __forceinline__ void store4(void* p, u32 dtype, u64 e, u32 count, con
 
 __device__ __forceinline__ float sign_of(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f); }
 
+// The step helpers read their scalars from `c`: the Ctrl block in device memory, or a StepRegs
+// copy of its fields in registers (same values, so the same bits).
+
+// The fields of Ctrl that the step helpers read, for kernels that keep them in registers.
+struct StepRegs {
+    u32 adamw;
+    float lr, decay, step_size, inv_bc2sqrt, eps, beta1, beta2, fill, one_minus_beta1, one_minus_beta2;
+};
+
+__device__ __forceinline__ StepRegs step_regs(const Ctrl* c) {
+    StepRegs s;
+    s.adamw = c->adamw;
+    s.lr = c->lr;
+    s.decay = c->decay;
+    s.step_size = c->step_size;
+    s.inv_bc2sqrt = c->inv_bc2sqrt;
+    s.eps = c->eps;
+    s.beta1 = c->beta1;
+    s.beta2 = c->beta2;
+    s.fill = c->fill;
+    s.one_minus_beta1 = c->one_minus_beta1;
+    s.one_minus_beta2 = c->one_minus_beta2;
+    return s;
+}
+
 // tile::update_adamw.
-__device__ __forceinline__ float adamw_update(const Ctrl* c, float w, float m, float v) {
+template <class S>
+__device__ __forceinline__ float adamw_update(const S* c, float w, float m, float v) {
     float denom = fmaf(sqrtf(v), c->inv_bc2sqrt, c->eps);
     return fmaf(-c->step_size, m / denom, w * c->decay);
 }
 
 // tile::update_lion.
-__device__ __forceinline__ float lion_update(const Ctrl* c, float w, float m_old, float g) {
+template <class S>
+__device__ __forceinline__ float lion_update(const S* c, float w, float m_old, float g) {
     float cc = fmaf(c->beta1, m_old, c->one_minus_beta1 * g);
     return fmaf(-c->lr, sign_of(cc), w * c->decay);
 }
 
 // (beta, 1 - beta) of moment mo: StepScalars::moment_mix.
-__device__ __forceinline__ float moment_beta(const Ctrl* c, u32 mo) {
+template <class S>
+__device__ __forceinline__ float moment_beta(const S* c, u32 mo) {
     return (c->adamw && mo == 0) ? c->beta1 : c->beta2;
 }
 
-__device__ __forceinline__ float moment_weight(const Ctrl* c, u32 mo) {
+template <class S>
+__device__ __forceinline__ float moment_weight(const S* c, u32 mo) {
     return (c->adamw && mo == 0) ? c->one_minus_beta1 : c->one_minus_beta2;
 }
 
@@ -354,7 +383,8 @@ __device__ __forceinline__ float rebuild(const float* us, const float* vt, u32 r
 }
 
 // MomentTerms::step8 for one element: the fixed old value and the new moment.
-__device__ __forceinline__ void moment_step(const Ctrl* c, u32 mo, float rebuilt, float g, float* old_out, float* new_out) {
+template <class S>
+__device__ __forceinline__ void moment_step(const S* c, u32 mo, float rebuilt, float g, float* old_out, float* new_out) {
     float old = rebuilt;
     if (c->adamw && mo == 1) old = old < 0.0f ? c->fill : old;
     float h = (c->adamw && mo == 1) ? g * g : g;
@@ -672,6 +702,34 @@ SKETCH_KERNEL(8)
 // (ty = 0, 1, ...) into part[by]; mlorc_project_reduce adds part[0], part[1], ... in order.
 // A row's factors and Q are read once for the thread's PJ_VEC columns.
 
+// The block's slabs added in order (ty = 0, 1, ...) into part[blockIdx.y], for the KC columns
+// l0 .. l0 + KC of B^T. Contains __syncthreads: every thread of the block calls it.
+template <int KC>
+__device__ __forceinline__ void project_block_sums(const Ptrs& p, float (*red)[PJ_COLS * PJ_VEC], const float (&acc)[MAX_MOMENTS][KC][PJ_VEC],
+                                                   u32 l0, u32 count, u32 j0) {
+    const u32 n = p.n, k = p.k, moments = p.moments;
+    const u32 tx = threadIdx.x, ty = threadIdx.y;
+#pragma unroll
+    for (int mo = 0; mo < MAX_MOMENTS; ++mo) {
+        if (mo < (int)moments) {  // uniform across the block: the barriers are safe
+#pragma unroll
+            for (int q = 0; q < KC; ++q) {
+                __syncthreads();
+#pragma unroll
+                for (int v = 0; v < PJ_VEC; ++v) red[ty][tx * PJ_VEC + v] = acc[mo][q][v];
+                __syncthreads();
+                if (ty == 0 && l0 + q < k) {
+                    for (u32 v = 0; v < count; ++v) {
+                        float t = red[0][tx * PJ_VEC + v];
+                        for (u32 y = 1; y < PJ_SLABS; ++y) t += red[y][tx * PJ_VEC + v];
+                        p.part[(((u64)blockIdx.y * moments + mo) * k + (l0 + q)) * n + j0 + v] = t;
+                    }
+                }
+            }
+        }
+    }
+}
+
 template <int KC>
 __device__ void project_impl(const Ctrl* c, Ptrs p, Io io, u32 l0, u32 update) {
     __shared__ float red[PJ_SLABS][PJ_COLS * PJ_VEC];
@@ -762,25 +820,7 @@ __device__ void project_impl(const Ctrl* c, Ptrs p, Io io, u32 l0, u32 update) {
             }
         }
     }
-#pragma unroll
-    for (int mo = 0; mo < MAX_MOMENTS; ++mo) {
-        if (mo < (int)moments) {  // uniform across the block: the barriers are safe
-#pragma unroll
-            for (int q = 0; q < KC; ++q) {
-                __syncthreads();
-#pragma unroll
-                for (int v = 0; v < PJ_VEC; ++v) red[ty][tx * PJ_VEC + v] = acc[mo][q][v];
-                __syncthreads();
-                if (ty == 0 && l0 + q < k) {
-                    for (u32 v = 0; v < count; ++v) {
-                        float t = red[0][tx * PJ_VEC + v];
-                        for (u32 y = 1; y < PJ_SLABS; ++y) t += red[y][tx * PJ_VEC + v];
-                        p.part[(((u64)blockIdx.y * moments + mo) * k + (l0 + q)) * n + j0 + v] = t;
-                    }
-                }
-            }
-        }
-    }
+    project_block_sums<KC>(p, red, acc, l0, count, j0);
 }
 
 #define PROJECT_KERNEL(KC) \
@@ -791,6 +831,120 @@ PROJECT_KERNEL(1)
 PROJECT_KERNEL(2)
 PROJECT_KERNEL(4)
 PROJECT_KERNEL(8)
+
+// ---------------------------------------------------------------------------------------------
+// Projection with the rank fixed at compile time (r == k == RK, one launch), for the common
+// case of no oversampling: the same partition, operations and order as project_impl<RK> with
+// l0 = 0, but a thread's columns of V^T, S and the step's scalars are read into registers once
+// instead of once per row (project_impl reloads them for every row: a row's weight store may
+// alias them as far as the compiler knows). Launched only in builds with the cargo feature
+// `cuda-rank-projection` (src/cuda/backend.rs) until a GPU run has checked and timed it.
+
+template <int RK>
+__device__ void project_rank_impl(const Ctrl* c, Ptrs p, Io io, u32 update) {
+    __shared__ float red[PJ_SLABS][PJ_COLS * PJ_VEC];
+    if (c->skip) return;
+    const u32 m = p.m, n = p.n, moments = p.moments;
+    const u32 tx = threadIdx.x, ty = threadIdx.y;
+    const u32 j0 = (blockIdx.x * PJ_COLS + tx) * PJ_VEC;
+    const u32 count = j0 < n ? min(PJ_VEC, n - j0) : 0u;
+    const u32 slabs = PJ_SLABS * p.grid_slabs;
+    const u32 slab = blockIdx.y * PJ_SLABS + ty;
+    const u32 rows_per_slab = (m + slabs - 1) / slabs;
+    const u32 row_begin = min(m, slab * rows_per_slab), row_end = min(m, row_begin + rows_per_slab);
+    float acc[MAX_MOMENTS][RK][PJ_VEC];
+#pragma unroll
+    for (int b = 0; b < MAX_MOMENTS; ++b)
+#pragma unroll
+        for (int q = 0; q < RK; ++q)
+#pragma unroll
+            for (int v = 0; v < PJ_VEC; ++v) acc[b][q][v] = 0.0f;
+    if (count > 0) {
+        const StepRegs sr = step_regs(c);
+        const float grad_factor = c->grad_factor;
+        float sv[MAX_MOMENTS][RK], vt[MAX_MOMENTS][RK][PJ_VEC];
+#pragma unroll
+        for (int mo = 0; mo < MAX_MOMENTS; ++mo) {
+#pragma unroll
+            for (int l = 0; l < RK; ++l) {
+                const bool here = mo < (int)moments;
+                sv[mo][l] = here ? __ldg(p.s[mo] + l) : 0.0f;
+                const float* vrow = here ? p.vt[mo] + (u64)l * n + j0 : nullptr;
+                if (here && count == PJ_VEC && ((u64)vrow & 15u) == 0) {
+                    float4 t = __ldg((const float4*)vrow);
+                    vt[mo][l][0] = t.x; vt[mo][l][1] = t.y; vt[mo][l][2] = t.z; vt[mo][l][3] = t.w;
+                } else {
+#pragma unroll
+                    for (int v = 0; v < PJ_VEC; ++v) vt[mo][l][v] = (here && (u32)v < count) ? __ldg(vrow + v) : 0.0f;
+                }
+            }
+        }
+        for (u32 batch = row_begin; batch < row_end; batch += PJ_BATCH) {
+            float g[PJ_BATCH][PJ_VEC], w[PJ_BATCH][PJ_VEC];
+#pragma unroll
+            for (int b = 0; b < PJ_BATCH; ++b) {
+                const u32 i = batch + b;
+                const u64 e = (u64)i * n + j0;
+                load4(io.grad, io.grad_dtype, e, i < row_end ? count : 0u, g[b]);
+                load4(io.param, io.param_dtype, e, (update && i < row_end) ? count : 0u, w[b]);
+#pragma unroll
+                for (int v = 0; v < PJ_VEC; ++v) g[b][v] *= grad_factor;
+            }
+#pragma unroll
+            for (int b = 0; b < PJ_BATCH; ++b) {
+                const u32 i = batch + b;
+                if (i < row_end) {
+                    float olds[MAX_MOMENTS][PJ_VEC], news[MAX_MOMENTS][PJ_VEC];
+#pragma unroll
+                    for (int mo = 0; mo < MAX_MOMENTS; ++mo) {
+#pragma unroll
+                        for (int v = 0; v < PJ_VEC; ++v) {
+                            olds[mo][v] = 0.0f;
+                            news[mo][v] = 0.0f;
+                        }
+                        if (mo < (int)moments) {
+                            const float* urow = p.u[mo] + (u64)i * RK;
+                            float rebuilt[PJ_VEC];
+#pragma unroll
+                            for (int v = 0; v < PJ_VEC; ++v) rebuilt[v] = 0.0f;
+#pragma unroll
+                            for (int l = 0; l < RK; ++l) {
+                                const float us = __ldg(urow + l) * sv[mo][l];
+#pragma unroll
+                                for (int v = 0; v < PJ_VEC; ++v) rebuilt[v] = fmaf(us, vt[mo][l][v], rebuilt[v]);
+                            }
+#pragma unroll
+                            for (int v = 0; v < PJ_VEC; ++v) moment_step(&sr, mo, rebuilt[v], g[b][v], &olds[mo][v], &news[mo][v]);
+#pragma unroll
+                            for (int q = 0; q < RK; ++q) {
+                                const float ql = __ldg(p.yt[mo] + (u64)q * m + i);
+#pragma unroll
+                                for (int v = 0; v < PJ_VEC; ++v) acc[mo][q][v] = fmaf(ql, news[mo][v], acc[mo][q][v]);
+                            }
+                        }
+                    }
+                    if (update) {
+                        float wn[PJ_VEC];
+#pragma unroll
+                        for (int v = 0; v < PJ_VEC; ++v)
+                            wn[v] = sr.adamw ? adamw_update(&sr, w[b][v], news[0][v], news[1][v]) : lion_update(&sr, w[b][v], olds[0][v], g[b][v]);
+                        store4(io.param, io.param_dtype, (u64)i * n + j0, count, wn, c);
+                    }
+                }
+            }
+        }
+    }
+    project_block_sums<RK>(p, red, acc, 0u, count, j0);
+}
+
+#define PROJECT_RANK_KERNEL(RK) \
+    extern "C" __global__ void __launch_bounds__(PJ_COLS * PJ_SLABS) mlorc_project_r##RK(const Ctrl* c, Ptrs p, Io io, u32 update) { \
+        project_rank_impl<RK>(c, p, io, update); \
+    }
+PROJECT_RANK_KERNEL(1)
+PROJECT_RANK_KERNEL(2)
+PROJECT_RANK_KERNEL(4)
+PROJECT_RANK_KERNEL(8)
 
 // bt[mo][l][j] = part[0][mo][l][j] + part[1][mo][l][j] + ... in order.
 extern "C" __global__ void mlorc_project_reduce(const Ctrl* c, Ptrs p) {

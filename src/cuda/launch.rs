@@ -182,6 +182,10 @@ pub(crate) const KERNEL_NAMES: &[&str] = &[
     "mlorc_project_k2",
     "mlorc_project_k4",
     "mlorc_project_k8",
+    "mlorc_project_r1",
+    "mlorc_project_r2",
+    "mlorc_project_r4",
+    "mlorc_project_r8",
     "mlorc_project_reduce",
     "mlorc_orthonormalize",
     "mlorc_gram_eigen",
@@ -199,10 +203,12 @@ mod tests {
         assert_eq!(std::mem::size_of::<Io>(), 24);
         let src = super::super::KERNELS_SOURCE;
         for name in KERNEL_NAMES {
-            // mlorc_sketch_k4 comes from SKETCH_KERNEL(4), mlorc_project_k4 from PROJECT_KERNEL(4).
-            let generated = name.rsplit_once("_k").and_then(|(stem, width)| {
+            // mlorc_sketch_k4 comes from SKETCH_KERNEL(4), mlorc_project_k4 from PROJECT_KERNEL(4),
+            // mlorc_project_r4 from PROJECT_RANK_KERNEL(4).
+            let generated = [("_k", "KERNEL"), ("_r", "RANK_KERNEL")].iter().find_map(|(suffix, kind)| {
+                let (stem, width) = name.rsplit_once(suffix)?;
                 let mac = stem.trim_start_matches("mlorc_").to_uppercase();
-                width.parse::<u32>().ok().map(|w| format!("{mac}_KERNEL({w})"))
+                width.parse::<u32>().ok().map(|w| format!("{mac}_{kind}({w})"))
             });
             let found = src.contains(&format!(" {name}(")) || generated.is_some_and(|g| src.contains(&g));
             assert!(found, "{name} missing from kernels.cu");
