@@ -50,6 +50,7 @@ import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import NamedTuple  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
@@ -223,6 +224,30 @@ def pretrain(steps, no_cache):
     return model, key, src, val
 
 
+class Setup(NamedTuple):
+    pre_model: TinyLM
+    pre_key: str
+    pre_src: tinylm.Text
+    pre_val: float
+    init_state: dict
+    src: tinylm.Text
+    corpus: ByteCorpus
+    val_batches: list
+    base_val: float
+
+
+def finetune_setup(mode, no_cache) -> Setup:
+    """The pre-trained MODEL (cached), the fine-tuning corpus, its validation batches and the
+    pre-trained model's loss on them: what every fine-tuning run starts from."""
+    pre_model, pre_key, pre_src, pre_val = pretrain(mode["pretrain_steps"], no_cache)
+    init_state = {k: v.detach().clone() for k, v in pre_model.state_dict().items()}
+    src = tinylm.finetune_corpus()
+    corpus = ByteCorpus.from_source(src, val_fraction=0.1)
+    val_batches = corpus.val_batches(BATCH, MODEL.context, max_batches=mode["eval_batches"])
+    base_val = tinylm.evaluate(pre_model, val_batches, "cpu")
+    return Setup(pre_model, pre_key, pre_src, pre_val, init_state, src, corpus, val_batches, base_val)
+
+
 # --------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------
@@ -319,12 +344,7 @@ def main():
     import galore_torch  # noqa: F401  (fail early, loudly, if missing)
     import peft
 
-    pre_model, pre_key, pre_src, pre_val = pretrain(mode["pretrain_steps"], args.no_cache)
-    init_state = {k: v.detach().clone() for k, v in pre_model.state_dict().items()}
-    src = tinylm.finetune_corpus()
-    corpus = ByteCorpus.from_source(src, val_fraction=0.1)
-    val_batches = corpus.val_batches(BATCH, MODEL.context, max_batches=mode["eval_batches"])
-    base_val = tinylm.evaluate(pre_model, val_batches, "cpu")
+    pre_model, pre_key, pre_src, pre_val, init_state, src, corpus, val_batches, base_val = finetune_setup(mode, args.no_cache)
     print(f"fine-tuning text: {src.name}: {len(corpus.train):,} train bytes, {len(corpus.val):,} val bytes "
           f"({len(val_batches)} val batches used); val loss before fine-tuning {base_val:.4f}")
     R = Runner(args, mode, init_state, pre_key, corpus, val_batches)

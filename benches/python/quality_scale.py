@@ -38,17 +38,12 @@ def main():
     bq.MODEL = bq.TinyLMConfig(n_layer=args.layers, d_model=args.d_model, n_head=4, context=64)
     mode = dict(bq.MODES["full"])
     t0 = time.perf_counter()
-    pre_model, pre_key, _, pre_val = bq.pretrain(mode["pretrain_steps"], no_cache=False)
-    params = pre_model.num_params()
-    init_state = {k: v.detach().clone() for k, v in pre_model.state_dict().items()}
-    src = bq.tinylm.finetune_corpus()
-    corpus = bq.ByteCorpus.from_source(src, val_fraction=0.1)
-    val_batches = corpus.val_batches(bq.BATCH, bq.MODEL.context, max_batches=mode["eval_batches"])
-    base_val = bq.tinylm.evaluate(pre_model, val_batches, "cpu")
+    setup = bq.finetune_setup(mode, no_cache=False)
+    params, pre_val, base_val, src = setup.pre_model.num_params(), setup.pre_val, setup.base_val, setup.src
     print(f"model d_model {args.d_model}, {args.layers} layers, {params:,} params; pre-training held-out loss "
           f"{pre_val:.3f}; fine-tuning val loss before {base_val:.4f}", flush=True)
-    runner = bq.Runner(argparse.Namespace(fresh=False, report_only=False), mode, init_state, pre_key, corpus,
-                       val_batches)
+    runner = bq.Runner(argparse.Namespace(fresh=False, report_only=False), mode, setup.init_state, setup.pre_key,
+                       setup.corpus, setup.val_batches)
     lines = []
     results = {}
     for method, grid in METHODS.items():

@@ -296,6 +296,19 @@ __device__ __forceinline__ void load4(const void* p, u32 dtype, u64 e, u32 count
     for (u32 v = 0; v < 4; ++v) x[v] = v < count ? load_elem(p, dtype, e + v) : 0.0f;
 }
 
+// f32 elements p[0 .. count) (count <= 4) of read-only memory into x, zeros after, through the
+// read-only cache: one vector load when all four are there and aligned. p may be NULL when
+// count is 0.
+__device__ __forceinline__ void load4_ldg(const float* p, u32 count, float x[4]) {
+    if (count == 4 && ((u64)p & 15u) == 0) {
+        float4 t = __ldg((const float4*)p);
+        x[0] = t.x; x[1] = t.y; x[2] = t.z; x[3] = t.w;
+        return;
+    }
+#pragma unroll
+    for (u32 v = 0; v < 4; ++v) x[v] = v < count ? __ldg(p + v) : 0.0f;
+}
+
 // store_elem for elements e .. e + count - 1: one vector store when all four are there and
 // aligned.
 __device__ __forceinline__ void store4(void* p, u32 dtype, u64 e, u32 count, const float x[4], const Ctrl* c) {
@@ -702,39 +715,19 @@ SKETCH_KERNEL(8)
 // (ty = 0, 1, ...) into part[by]; mlorc_project_reduce adds part[0], part[1], ... in order.
 // A row's factors and Q are read once for the thread's PJ_VEC columns.
 
-// The block's slabs added in order (ty = 0, 1, ...) into part[blockIdx.y], for the KC columns
-// l0 .. l0 + KC of B^T. Contains __syncthreads: every thread of the block calls it.
-template <int KC>
-__device__ __forceinline__ void project_block_sums(const Ptrs& p, float (*red)[PJ_COLS * PJ_VEC], const float (&acc)[MAX_MOMENTS][KC][PJ_VEC],
-                                                   u32 l0, u32 count, u32 j0) {
-    const u32 n = p.n, k = p.k, moments = p.moments;
-    const u32 tx = threadIdx.x, ty = threadIdx.y;
-#pragma unroll
-    for (int mo = 0; mo < MAX_MOMENTS; ++mo) {
-        if (mo < (int)moments) {  // uniform across the block: the barriers are safe
-#pragma unroll
-            for (int q = 0; q < KC; ++q) {
-                __syncthreads();
-#pragma unroll
-                for (int v = 0; v < PJ_VEC; ++v) red[ty][tx * PJ_VEC + v] = acc[mo][q][v];
-                __syncthreads();
-                if (ty == 0 && l0 + q < k) {
-                    for (u32 v = 0; v < count; ++v) {
-                        float t = red[0][tx * PJ_VEC + v];
-                        for (u32 y = 1; y < PJ_SLABS; ++y) t += red[y][tx * PJ_VEC + v];
-                        p.part[(((u64)blockIdx.y * moments + mo) * k + (l0 + q)) * n + j0 + v] = t;
-                    }
-                }
-            }
-        }
-    }
-}
+//
+// RK = 0: the rank is read at run time, and each row reads its thread's columns of V^T, S and
+// the step's scalars again (a row's weight store may alias them as far as the compiler knows).
+// RK > 0 (r == k == KC == RK, one launch, l0 = 0): those are read into registers once per thread;
+// the same operations in the same order, so the same bits. The RK > 0 kernels are launched only
+// in builds with the cargo feature `cuda-rank-projection` (src/cuda/backend.rs) until a GPU run
+// has checked and timed them.
 
-template <int KC>
+template <int KC, int RK>
 __device__ void project_impl(const Ctrl* c, Ptrs p, Io io, u32 l0, u32 update) {
     __shared__ float red[PJ_SLABS][PJ_COLS * PJ_VEC];
     if (c->skip) return;
-    const u32 m = p.m, n = p.n, r = p.r, k = p.k, moments = p.moments;
+    const u32 m = p.m, n = p.n, r = RK > 0 ? (u32)RK : p.r, k = p.k, moments = p.moments;
     const u32 tx = threadIdx.x, ty = threadIdx.y;
     const u32 j0 = (blockIdx.x * PJ_COLS + tx) * PJ_VEC;
     const u32 count = j0 < n ? min(PJ_VEC, n - j0) : 0u;  // columns of this thread
@@ -753,6 +746,25 @@ __device__ void project_impl(const Ctrl* c, Ptrs p, Io io, u32 l0, u32 update) {
             for (int v = 0; v < PJ_VEC; ++v) acc[b][q][v] = 0.0f;
     if (count > 0) {
         const float grad_factor = c->grad_factor;
+        // RK > 0: the row-independent operands in registers (sized 1 and unused when RK = 0).
+        constexpr int RR = RK > 0 ? RK : 1;
+        float sv[MAX_MOMENTS][RR], vtr[MAX_MOMENTS][RR][PJ_VEC];
+        StepRegs sr;
+        if constexpr (RK > 0) {
+            sr = step_regs(c);
+#pragma unroll
+            for (int mo = 0; mo < MAX_MOMENTS; ++mo)
+#pragma unroll
+                for (int l = 0; l < RK; ++l) {
+                    const bool here = mo < (int)moments;
+                    sv[mo][l] = here ? __ldg(p.s[mo] + l) : 0.0f;
+                    load4_ldg(here ? p.vt[mo] + (u64)l * n + j0 : nullptr, here ? count : 0u, vtr[mo][l]);
+                }
+        }
+        const auto sc = [&]() {
+            if constexpr (RK > 0) return &sr;
+            else return c;
+        }();
         for (u32 batch = row_begin; batch < row_end; batch += PJ_BATCH) {
             // A batch's gradients and weights are loaded first, so PJ_BATCH rows of memory
             // traffic are in flight at once; the rows are then summed in order.
@@ -785,22 +797,24 @@ __device__ void project_impl(const Ctrl* c, Ptrs p, Io io, u32 l0, u32 update) {
                             float rebuilt[PJ_VEC];
 #pragma unroll
                             for (int v = 0; v < PJ_VEC; ++v) rebuilt[v] = 0.0f;
-                            for (u32 l = 0; l < r; ++l) {
-                                const float us = __ldg(urow + l) * __ldg(p.s[mo] + l);
-                                const float* vrow = p.vt[mo] + (u64)l * n + j0;
-                                float vt[PJ_VEC];
-                                if (count == PJ_VEC && ((u64)vrow & 15u) == 0) {
-                                    float4 t = __ldg((const float4*)vrow);
-                                    vt[0] = t.x; vt[1] = t.y; vt[2] = t.z; vt[3] = t.w;
-                                } else {
+                            if constexpr (RK > 0) {
 #pragma unroll
-                                    for (int v = 0; v < PJ_VEC; ++v) vt[v] = (u32)v < count ? __ldg(vrow + v) : 0.0f;
+                                for (int l = 0; l < RK; ++l) {
+                                    const float us = __ldg(urow + l) * sv[mo][l];
+#pragma unroll
+                                    for (int v = 0; v < PJ_VEC; ++v) rebuilt[v] = fmaf(us, vtr[mo][l][v], rebuilt[v]);
                                 }
+                            } else {
+                                for (u32 l = 0; l < r; ++l) {
+                                    const float us = __ldg(urow + l) * __ldg(p.s[mo] + l);
+                                    float vt[PJ_VEC];
+                                    load4_ldg(p.vt[mo] + (u64)l * n + j0, count, vt);
 #pragma unroll
-                                for (int v = 0; v < PJ_VEC; ++v) rebuilt[v] = fmaf(us, vt[v], rebuilt[v]);
+                                    for (int v = 0; v < PJ_VEC; ++v) rebuilt[v] = fmaf(us, vt[v], rebuilt[v]);
+                                }
                             }
 #pragma unroll
-                            for (int v = 0; v < PJ_VEC; ++v) moment_step(c, mo, rebuilt[v], g[b][v], &olds[mo][v], &news[mo][v]);
+                            for (int v = 0; v < PJ_VEC; ++v) moment_step(sc, mo, rebuilt[v], g[b][v], &olds[mo][v], &news[mo][v]);
 #pragma unroll
                             for (int q = 0; q < KC; ++q) {
                                 const float ql = l0 + q < k ? __ldg(p.yt[mo] + (u64)(l0 + q) * m + i) : 0.0f;
@@ -813,133 +827,46 @@ __device__ void project_impl(const Ctrl* c, Ptrs p, Io io, u32 l0, u32 update) {
                         float wn[PJ_VEC];
 #pragma unroll
                         for (int v = 0; v < PJ_VEC; ++v)
-                            wn[v] = c->adamw ? adamw_update(c, w[b][v], news[0][v], news[1][v]) : lion_update(c, w[b][v], olds[0][v], g[b][v]);
+                            wn[v] = sc->adamw ? adamw_update(sc, w[b][v], news[0][v], news[1][v]) : lion_update(sc, w[b][v], olds[0][v], g[b][v]);
                         store4(io.param, io.param_dtype, (u64)i * n + j0, count, wn, c);
                     }
                 }
             }
         }
     }
-    project_block_sums<KC>(p, red, acc, l0, count, j0);
+#pragma unroll
+    for (int mo = 0; mo < MAX_MOMENTS; ++mo) {
+        if (mo < (int)moments) {  // uniform across the block: the barriers are safe
+#pragma unroll
+            for (int q = 0; q < KC; ++q) {
+                __syncthreads();
+#pragma unroll
+                for (int v = 0; v < PJ_VEC; ++v) red[ty][tx * PJ_VEC + v] = acc[mo][q][v];
+                __syncthreads();
+                if (ty == 0 && l0 + q < k) {
+                    for (u32 v = 0; v < count; ++v) {
+                        float t = red[0][tx * PJ_VEC + v];
+                        for (u32 y = 1; y < PJ_SLABS; ++y) t += red[y][tx * PJ_VEC + v];
+                        p.part[(((u64)blockIdx.y * moments + mo) * k + (l0 + q)) * n + j0 + v] = t;
+                    }
+                }
+            }
+        }
+    }
 }
 
 #define PROJECT_KERNEL(KC) \
     extern "C" __global__ void __launch_bounds__(PJ_COLS * PJ_SLABS) mlorc_project_k##KC(const Ctrl* c, Ptrs p, Io io, u32 l0, u32 update) { \
-        project_impl<KC>(c, p, io, l0, update); \
+        project_impl<KC, 0>(c, p, io, l0, update); \
     }
 PROJECT_KERNEL(1)
 PROJECT_KERNEL(2)
 PROJECT_KERNEL(4)
 PROJECT_KERNEL(8)
 
-// ---------------------------------------------------------------------------------------------
-// Projection with the rank fixed at compile time (r == k == RK, one launch), for the common
-// case of no oversampling: the same partition, operations and order as project_impl<RK> with
-// l0 = 0, but a thread's columns of V^T, S and the step's scalars are read into registers once
-// instead of once per row (project_impl reloads them for every row: a row's weight store may
-// alias them as far as the compiler knows). Launched only in builds with the cargo feature
-// `cuda-rank-projection` (src/cuda/backend.rs) until a GPU run has checked and timed it.
-
-template <int RK>
-__device__ void project_rank_impl(const Ctrl* c, Ptrs p, Io io, u32 update) {
-    __shared__ float red[PJ_SLABS][PJ_COLS * PJ_VEC];
-    if (c->skip) return;
-    const u32 m = p.m, n = p.n, moments = p.moments;
-    const u32 tx = threadIdx.x, ty = threadIdx.y;
-    const u32 j0 = (blockIdx.x * PJ_COLS + tx) * PJ_VEC;
-    const u32 count = j0 < n ? min(PJ_VEC, n - j0) : 0u;
-    const u32 slabs = PJ_SLABS * p.grid_slabs;
-    const u32 slab = blockIdx.y * PJ_SLABS + ty;
-    const u32 rows_per_slab = (m + slabs - 1) / slabs;
-    const u32 row_begin = min(m, slab * rows_per_slab), row_end = min(m, row_begin + rows_per_slab);
-    float acc[MAX_MOMENTS][RK][PJ_VEC];
-#pragma unroll
-    for (int b = 0; b < MAX_MOMENTS; ++b)
-#pragma unroll
-        for (int q = 0; q < RK; ++q)
-#pragma unroll
-            for (int v = 0; v < PJ_VEC; ++v) acc[b][q][v] = 0.0f;
-    if (count > 0) {
-        const StepRegs sr = step_regs(c);
-        const float grad_factor = c->grad_factor;
-        float sv[MAX_MOMENTS][RK], vt[MAX_MOMENTS][RK][PJ_VEC];
-#pragma unroll
-        for (int mo = 0; mo < MAX_MOMENTS; ++mo) {
-#pragma unroll
-            for (int l = 0; l < RK; ++l) {
-                const bool here = mo < (int)moments;
-                sv[mo][l] = here ? __ldg(p.s[mo] + l) : 0.0f;
-                const float* vrow = here ? p.vt[mo] + (u64)l * n + j0 : nullptr;
-                if (here && count == PJ_VEC && ((u64)vrow & 15u) == 0) {
-                    float4 t = __ldg((const float4*)vrow);
-                    vt[mo][l][0] = t.x; vt[mo][l][1] = t.y; vt[mo][l][2] = t.z; vt[mo][l][3] = t.w;
-                } else {
-#pragma unroll
-                    for (int v = 0; v < PJ_VEC; ++v) vt[mo][l][v] = (here && (u32)v < count) ? __ldg(vrow + v) : 0.0f;
-                }
-            }
-        }
-        for (u32 batch = row_begin; batch < row_end; batch += PJ_BATCH) {
-            float g[PJ_BATCH][PJ_VEC], w[PJ_BATCH][PJ_VEC];
-#pragma unroll
-            for (int b = 0; b < PJ_BATCH; ++b) {
-                const u32 i = batch + b;
-                const u64 e = (u64)i * n + j0;
-                load4(io.grad, io.grad_dtype, e, i < row_end ? count : 0u, g[b]);
-                load4(io.param, io.param_dtype, e, (update && i < row_end) ? count : 0u, w[b]);
-#pragma unroll
-                for (int v = 0; v < PJ_VEC; ++v) g[b][v] *= grad_factor;
-            }
-#pragma unroll
-            for (int b = 0; b < PJ_BATCH; ++b) {
-                const u32 i = batch + b;
-                if (i < row_end) {
-                    float olds[MAX_MOMENTS][PJ_VEC], news[MAX_MOMENTS][PJ_VEC];
-#pragma unroll
-                    for (int mo = 0; mo < MAX_MOMENTS; ++mo) {
-#pragma unroll
-                        for (int v = 0; v < PJ_VEC; ++v) {
-                            olds[mo][v] = 0.0f;
-                            news[mo][v] = 0.0f;
-                        }
-                        if (mo < (int)moments) {
-                            const float* urow = p.u[mo] + (u64)i * RK;
-                            float rebuilt[PJ_VEC];
-#pragma unroll
-                            for (int v = 0; v < PJ_VEC; ++v) rebuilt[v] = 0.0f;
-#pragma unroll
-                            for (int l = 0; l < RK; ++l) {
-                                const float us = __ldg(urow + l) * sv[mo][l];
-#pragma unroll
-                                for (int v = 0; v < PJ_VEC; ++v) rebuilt[v] = fmaf(us, vt[mo][l][v], rebuilt[v]);
-                            }
-#pragma unroll
-                            for (int v = 0; v < PJ_VEC; ++v) moment_step(&sr, mo, rebuilt[v], g[b][v], &olds[mo][v], &news[mo][v]);
-#pragma unroll
-                            for (int q = 0; q < RK; ++q) {
-                                const float ql = __ldg(p.yt[mo] + (u64)q * m + i);
-#pragma unroll
-                                for (int v = 0; v < PJ_VEC; ++v) acc[mo][q][v] = fmaf(ql, news[mo][v], acc[mo][q][v]);
-                            }
-                        }
-                    }
-                    if (update) {
-                        float wn[PJ_VEC];
-#pragma unroll
-                        for (int v = 0; v < PJ_VEC; ++v)
-                            wn[v] = sr.adamw ? adamw_update(&sr, w[b][v], news[0][v], news[1][v]) : lion_update(&sr, w[b][v], olds[0][v], g[b][v]);
-                        store4(io.param, io.param_dtype, (u64)i * n + j0, count, wn, c);
-                    }
-                }
-            }
-        }
-    }
-    project_block_sums<RK>(p, red, acc, 0u, count, j0);
-}
-
 #define PROJECT_RANK_KERNEL(RK) \
     extern "C" __global__ void __launch_bounds__(PJ_COLS * PJ_SLABS) mlorc_project_r##RK(const Ctrl* c, Ptrs p, Io io, u32 update) { \
-        project_rank_impl<RK>(c, p, io, update); \
+        project_impl<RK, RK>(c, p, io, 0u, update); \
     }
 PROJECT_RANK_KERNEL(1)
 PROJECT_RANK_KERNEL(2)
