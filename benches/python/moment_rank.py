@@ -3,6 +3,7 @@
 
     python3 benches/python/moment_rank.py              # about 2 minutes on 2 cores
     python3 benches/python/moment_rank.py --lr 1e-2 --steps 200
+    python3 benches/python/moment_rank.py --d-model 320 --layers 5 --lr 1e-3   # quality_scale.py's model
 
 Fine-tunes tinylm from bench_quality's pre-trained weights with exact torch AdamW (the
 benchmark's chosen lr 3e-3, 200 steps, seed 0: the same batches as its AdamW run) and, at a few
@@ -15,10 +16,11 @@ steps t, for every matrix MLorc factors, measures with a full SVD in f64:
   (fix: ALGORITHM.md step 2), with the optimal rank-r factors (no sketching error). Reported as
   the cosine between the two update matrices and the norm ratio |MLorc| / |AdamW|.
 
-Medians over the matrices of each kind (qkv, proj, fc1, fc2 over 3 layers; tok, pos) and
+Medians over the matrices of each kind (qkv, proj, fc1, fc2 over the layers; tok, pos) and
 energy-weighted overall means. The training itself is exact AdamW throughout, so every step's
 figures describe one compression of the moments AdamW really has, not MLorc's accumulated drift.
-Writes results/moment_rank.{md,json}.
+Writes results/moment_rank.{md,json} (with a suffix naming the model, lr, steps and seed where
+they are not the defaults).
 """
 
 from __future__ import annotations
@@ -85,7 +87,14 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--at", default="1,10,50,100,199", help="steps t at which the moments are measured")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--d-model", type=int, default=Q.MODEL.d_model,
+                    help="width of the model (quality_scale.py's models: 256, 320, 384)")
+    ap.add_argument("--layers", type=int, default=Q.MODEL.n_layer)
     args = ap.parse_args()
+    default_model = (args.d_model, args.layers) == (Q.MODEL.d_model, Q.MODEL.n_layer)
+    # The pre-training cache is keyed by the model, so quality_scale.py's runs share it.
+    Q.MODEL = Q.TinyLMConfig(n_layer=args.layers, d_model=args.d_model, n_head=Q.MODEL.n_head,
+                             context=Q.MODEL.context)
     torch.set_num_threads(args.threads)
     at = sorted({int(x) for x in args.at.split(",")})
     if not at or at[0] < 1 or at[-1] >= args.steps:
@@ -136,9 +145,11 @@ def main():
     wall = time.perf_counter() - t0
 
     kinds = sorted({row["kind"] for row in rows}, key=["tok", "pos", "qkv", "proj", "fc1", "fc2"].index)
-    lines = [f"Command: `python3 benches/python/moment_rank.py --lr {args.lr:g} --steps {args.steps} "
+    model_args = "" if default_model else f" --d-model {args.d_model} --layers {args.layers}"
+    lines = [f"Command: `python3 benches/python/moment_rank.py{model_args} --lr {args.lr:g} --steps {args.steps} "
              f"--seed {args.seed} --at {','.join(map(str, at))}` ({wall:.0f} s; {C.cpu_model()}, "
-             f"torch {torch.__version__}). AdamW fine-tuning final val loss {val:.4f}, "
+             f"torch {torch.__version__}). Model: tinylm d_model {args.d_model}, {args.layers} layers, "
+             f"{model.num_params():,} parameters. AdamW fine-tuning final val loss {val:.4f}, "
              f"last train loss {log.losses[-1]:.4f}.", ""]
     lines += ["Share of ||·||²_F kept by the best rank-r approximation (median over the matrices of a kind; "
               "'all' = energy-weighted mean over all matrices):", ""]
@@ -168,7 +179,11 @@ def main():
     text = "\n".join(lines) + "\n"
     print(text)
     C.RESULTS.mkdir(parents=True, exist_ok=True)
-    suffix = "" if (args.lr, args.steps, args.seed) == (3e-3, 200, 0) else f"_lr{args.lr:g}_s{args.steps}_seed{args.seed}"
+    suffix = "" if default_model else f"_d{args.d_model}_l{args.layers}_lr{args.lr:g}"
+    if default_model and args.lr != 3e-3:
+        suffix += f"_lr{args.lr:g}"
+    if (args.steps, args.seed) != (200, 0):
+        suffix += f"_s{args.steps}_seed{args.seed}"
     (C.RESULTS / f"moment_rank{suffix}.md").write_text(text)
     (C.RESULTS / f"moment_rank{suffix}.json").write_text(json.dumps(dict(args=vars(args), val=val, rows=rows), indent=1))
 

@@ -8,12 +8,18 @@ AdamW against MLorc-AdamW r=4 only: each method's lr chosen by seed-0 validation
     python3 benches/python/quality_scale.py --d-model 192 --layers 3
 
 Runs are cached in results/quality_runs.jsonl under their own pre-training key; the report is
-printed and written to results/quality_scale_d{d}_l{layers}.md.
+printed and written to results/quality_scale_d{d}_l{layers}.md (and .json). `--plot` then draws
+every model's JSON into results/quality_scale.png: the two methods' validation loss against the
+model's parameter count, and their validation-loss curves.
+
+    python3 benches/python/quality_scale.py --d-model 128 --layers 3   # bench_quality's model (its cached runs)
+    python3 benches/python/quality_scale.py --plot
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
@@ -33,7 +39,11 @@ def main():
     ap.add_argument("--d-model", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--plot", action="store_true", help="only draw results/quality_scale.png from the JSONs")
     args = ap.parse_args()
+    if args.plot:
+        plot(sorted(C.RESULTS.glob("quality_scale_d*_l*.json")), C.RESULTS / "quality_scale.png")
+        return
     torch.set_num_threads(args.threads)
     bq.MODEL = bq.TinyLMConfig(n_layer=args.layers, d_model=args.d_model, n_head=4, context=64)
     mode = dict(bq.MODES["full"])
@@ -46,18 +56,26 @@ def main():
                        setup.corpus, setup.val_batches)
     lines = []
     results = {}
+    trained, used = [], set()
+
+    def run(method, lr, seed):
+        if runner.key(method, lr, seed, {}) not in runner.cache:
+            trained.append((method, lr, seed))
+        used.add((method, lr, seed))
+        return runner.run(method, lr, seed)
+
     for method, grid in METHODS.items():
-        pts = [(lr, runner.run(method, lr, 0)) for lr in grid]
+        pts = [(lr, run(method, lr, 0)) for lr in grid]
         best = min(pts, key=lambda p: p[1]["val"] if math.isfinite(p[1]["val"]) else math.inf)
         if best[0] in (grid[0], grid[-1]):
             lr = bq._next_lr(best[0], up=best[0] == grid[-1])
-            pts.append((lr, runner.run(method, lr, 0)))
+            pts.append((lr, run(method, lr, 0)))
             pts.sort()
             best = min(pts, key=lambda p: p[1]["val"] if math.isfinite(p[1]["val"]) else math.inf)
         lr = best[0]
-        runs = [runner.run(method, lr, s) for s in mode["seeds"]]
+        runs = [run(method, lr, s) for s in mode["seeds"]]
         vals = [r["val"] for r in runs]
-        results[method] = (lr, statistics.mean(vals), statistics.stdev(vals), runs[0]["state_bytes"], pts)
+        results[method] = (lr, statistics.mean(vals), statistics.stdev(vals), runs[0]["state_bytes"], pts, runs)
     adam = results["AdamW"][1]
     lines.append(f"Model: tinylm d_model {args.d_model}, {args.layers} layers, {params:,} parameters; pre-trained "
                  f"{mode['pretrain_steps']} AdamW steps (held-out licence loss {pre_val:.3f}); fine-tuned "
@@ -65,17 +83,71 @@ def main():
     lines.append("")
     lines.append("| method | lr grid → val (seed 0) | chosen lr | val loss mean ± std (3 seeds) | vs AdamW | opt. state KiB |")
     lines.append("|---|---|---|---|---|---|")
-    for method, (lr, mean, std, sb, pts) in results.items():
+    for method, (lr, mean, std, sb, pts, _) in results.items():
         grid_txt = ", ".join(f"{g:.0e}→{r['val']:.4f}" for g, r in pts)
         lines.append(f"| {method} | {grid_txt} | {lr:.0e} | {mean:.4f} ± {std:.4f} | {100 * (mean / adam - 1):+.1f}% | "
                      f"{sb / 1024:.1f} |")
     lines.append("")
     lines.append(f"Command: `python3 benches/python/quality_scale.py --d-model {args.d_model} --layers {args.layers}` "
-                 f"({time.perf_counter() - t0:.0f} s wall, {C.cpu_model()}, {C.ncores()} cores).")
+                 f"({time.perf_counter() - t0:.0f} s wall, {len(trained)} of {len(used)} runs trained, the rest from "
+                 f"results/quality_runs.jsonl; {C.cpu_model()}, {C.ncores()} cores).")
     text = "\n".join(lines)
     print(text)
     out = C.RESULTS / f"quality_scale_d{args.d_model}_l{args.layers}.md"
-    out.write_text(text + "\n")
+    if trained or not out.exists():  # a report from the cache alone would hide the runs' wall time
+        out.write_text(text + "\n")
+    summary = dict(d_model=args.d_model, layers=args.layers, params=params, pre_val=pre_val, base_val=base_val,
+                   methods={method: dict(lr=lr, mean=mean, std=std, state_bytes=sb,
+                                         grid=[(g, r["val"]) for g, r in pts],
+                                         vals=[r["val"] for r in runs], val_steps=runs[0]["val_steps"],
+                                         val_curves=[r["val_curve"] for r in runs])
+                            for method, (lr, mean, std, sb, pts, runs) in results.items()})
+    out.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"wrote {out.with_suffix('.json')}" + (f" and {out.name}" if trained else ""))
+
+
+def plot(paths, out):
+    """Left: each method's validation loss (mean, min-max over seeds) against the parameter count;
+    right: the validation-loss curves (mean over seeds), one colour per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted((json.loads(p.read_text()) for p in paths), key=lambda d: d["params"])
+    if not models:
+        sys.exit("no results/quality_scale_d*_l*.json yet: run a model first")
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 5))
+    params = [d["params"] for d in models]
+    for method, marker in (("AdamW", "o"), ("MLorc-AdamW r=4", "s")):
+        ms = [d["methods"][method] for d in models]
+        mean = [m["mean"] for m in ms]
+        err = [[m["mean"] - min(m["vals"]) for m in ms], [max(m["vals"]) - m["mean"] for m in ms]]
+        a1.errorbar(params, mean, yerr=err, marker=marker, capsize=3, label=method)
+    for d in models:
+        gap = 100 * (d["methods"]["MLorc-AdamW r=4"]["mean"] / d["methods"]["AdamW"]["mean"] - 1)
+        a1.annotate(f"{gap:+.1f}%", (d["params"], d["methods"]["MLorc-AdamW r=4"]["mean"]),
+                    textcoords="offset points", xytext=(6, 6), fontsize=8)
+    a1.set_xscale("log")
+    a1.set_xlabel("parameters")
+    a1.set_ylabel("final validation loss (nats/byte), 3 seeds")
+    a1.set_title("MLorc-AdamW r=4 against AdamW by model size (label: the gap)", fontsize=9)
+    a1.grid(alpha=0.3, which="both")
+    a1.legend(fontsize=8)
+    for i, d in enumerate(models):
+        for method, ls in (("AdamW", "-"), ("MLorc-AdamW r=4", "--")):
+            m = d["methods"][method]
+            curve = [statistics.mean(c[j] for c in m["val_curves"]) for j in range(len(m["val_steps"]))]
+            a2.plot(m["val_steps"], curve, ls=ls, marker=".", color=f"C{i}",
+                    label=f"{method}, d_model {d['d_model']} × {d['layers']} layers ({d['params'] / 1e6:.1f} M)")
+    a2.set_xlabel("fine-tuning step")
+    a2.set_ylabel("validation loss (mean over seeds)")
+    a2.set_title("validation loss during fine-tuning (solid: AdamW, dashed: MLorc-AdamW r=4)", fontsize=9)
+    a2.grid(alpha=0.3)
+    a2.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
     print(f"wrote {out}")
 
 
