@@ -13,6 +13,9 @@ Optimizers (``import mlorc.torch``):
 * sharded parameters: FSDP2 DTensors work as they are; :func:`mlorc.torch.flat_shard` marks
   ZeRO-style pieces (any element range of a parameter). See bindings/python/README.md.
 
+Will it work on a model? :func:`mlorc.diagnostics.low_rank_energy` measures how close a plain
+AdamW run's moments are to rank r (MLorc's premise), pure torch.
+
 Library lookup (first usable one wins): ``$MLORC_LIBRARY``; the copy bundled in this package;
 ``$MLORC_PREFIX/lib`` and a checkout's ``build/prefix/lib``; the system search path
 (``libmlorc.so.1``). If none works, the first call that needs the library raises
