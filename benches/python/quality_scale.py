@@ -8,9 +8,10 @@ AdamW against MLorc-AdamW r=4 only: each method's lr chosen by seed-0 validation
     python3 benches/python/quality_scale.py --d-model 192 --layers 3
 
 Runs are cached in results/quality_runs.jsonl under their own pre-training key; the report is
-printed and written to results/quality_scale_d{d}_l{layers}.md (and .json). `--plot` then draws
-every model's JSON into results/quality_scale.png: the two methods' validation loss against the
-model's parameter count, and their validation-loss curves.
+printed and written to results/quality_scale_d{d}_l{layers}.md (and .json; `--steps` other than
+200 add _s<steps>). `--plot` then draws the JSONs of 200-step runs into
+results/quality_scale.png: the two methods' validation loss against the model's parameter
+count, and their validation-loss curves.
 
     python3 benches/python/quality_scale.py --d-model 128 --layers 3   # bench_quality's model (its cached runs)
     python3 benches/python/quality_scale.py --plot
@@ -39,14 +40,19 @@ def main():
     ap.add_argument("--d-model", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=bq.MODES["full"]["steps"],
+                    help="fine-tuning steps (reports of other lengths get an _s<steps> suffix)")
     ap.add_argument("--plot", action="store_true", help="only draw results/quality_scale.png from the JSONs")
     args = ap.parse_args()
     if args.plot:
-        plot(sorted(C.RESULTS.glob("quality_scale_d*_l*.json")), C.RESULTS / "quality_scale.png")
+        plot(sorted(C.RESULTS.glob("quality_scale_d*_l*.json")), C.RESULTS / "quality_scale.png",
+             steps=bq.MODES["full"]["steps"])
         return
     torch.set_num_threads(args.threads)
     bq.MODEL = bq.TinyLMConfig(n_layer=args.layers, d_model=args.d_model, n_head=4, context=64)
     mode = dict(bq.MODES["full"])
+    default_steps = mode["steps"]
+    mode["steps"] = args.steps
     t0 = time.perf_counter()
     setup = bq.finetune_setup(mode, no_cache=False)
     params, pre_val, base_val, src = setup.pre_model.num_params(), setup.pre_val, setup.base_val, setup.src
@@ -88,15 +94,18 @@ def main():
         lines.append(f"| {method} | {grid_txt} | {lr:.0e} | {mean:.4f} ± {std:.4f} | {100 * (mean / adam - 1):+.1f}% | "
                      f"{sb / 1024:.1f} |")
     lines.append("")
-    lines.append(f"Command: `python3 benches/python/quality_scale.py --d-model {args.d_model} --layers {args.layers}` "
+    steps_arg = "" if args.steps == default_steps else f" --steps {args.steps}"
+    lines.append(f"Command: `python3 benches/python/quality_scale.py --d-model {args.d_model} --layers {args.layers}{steps_arg}` "
                  f"({time.perf_counter() - t0:.0f} s wall, {len(trained)} of {len(used)} runs trained, the rest from "
                  f"results/quality_runs.jsonl; {C.cpu_model()}, {C.ncores()} cores).")
     text = "\n".join(lines)
     print(text)
-    out = C.RESULTS / f"quality_scale_d{args.d_model}_l{args.layers}.md"
+    suffix = "" if args.steps == default_steps else f"_s{args.steps}"
+    out = C.RESULTS / f"quality_scale_d{args.d_model}_l{args.layers}{suffix}.md"
     if trained or not out.exists():  # a report from the cache alone would hide the runs' wall time
         out.write_text(text + "\n")
-    summary = dict(d_model=args.d_model, layers=args.layers, params=params, pre_val=pre_val, base_val=base_val,
+    summary = dict(d_model=args.d_model, layers=args.layers, steps=args.steps, params=params, pre_val=pre_val,
+                   base_val=base_val,
                    methods={method: dict(lr=lr, mean=mean, std=std, state_bytes=sb,
                                          grid=[(g, r["val"]) for g, r in pts],
                                          vals=[r["val"] for r in runs], val_steps=runs[0]["val_steps"],
@@ -106,15 +115,17 @@ def main():
     print(f"wrote {out.with_suffix('.json')}" + (f" and {out.name}" if trained else ""))
 
 
-def plot(paths, out):
+def plot(paths, out, steps):
     """Left: each method's validation loss (mean, min-max over seeds) against the parameter count;
-    right: the validation-loss curves (mean over seeds), one colour per model."""
+    right: the validation-loss curves (mean over seeds), one colour per model. Runs of `steps`
+    fine-tuning steps only."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = sorted((json.loads(p.read_text()) for p in paths), key=lambda d: d["params"])
+    models = [json.loads(p.read_text()) for p in paths]
+    models = sorted((d for d in models if d["steps"] == steps), key=lambda d: d["params"])
     if not models:
         sys.exit("no results/quality_scale_d*_l*.json yet: run a model first")
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 5))
