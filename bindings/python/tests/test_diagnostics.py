@@ -100,6 +100,10 @@ def test_bad_input_raises_and_names_the_parameter():
         low_rank_energy(opt, ranks=(0, 4))
     with pytest.raises(ValueError, match="ranks"):
         low_rank_energy(opt, ranks=())
+    with pytest.raises(ValueError, match="integers"):
+        low_rank_energy(opt, ranks=(2.5,))
+    with pytest.raises(ValueError, match="rank_for_layout"):
+        low_rank_energy(opt, rank_for_layout=0)
     with pytest.raises(ValueError, match="keys"):
         low_rank_energy(opt, keys=())
     opt.state[w]["exp_avg"][3, 4] = float("nan")

@@ -19,6 +19,7 @@ The SVD runs on the state's device; a 4096×11008 matrix takes seconds on a CPU 
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -77,12 +78,16 @@ def low_rank_energy(
     :func:`factored_at_rank`) and that has every state key in ``keys`` (parameters not stepped
     yet have none and are left out). ``model``, when given, names the parameters.
 
-    Raises ValueError for ranks below 1, an empty ``keys`` or a state tensor that is not finite,
-    naming the parameter.
+    Raises ValueError for ranks that are not integers ≥ 1, an empty ``keys`` or a state tensor
+    that is not finite (naming the parameter).
     """
-    ranks = [int(r) for r in ranks]
-    if not ranks or min(ranks) < 1:
-        raise ValueError(f"ranks must be positive integers, got {list(ranks)!r}")
+    try:
+        ranks = [operator.index(r) for r in ranks]
+        rank_for_layout = operator.index(rank_for_layout)
+    except TypeError as e:
+        raise ValueError(f"ranks and rank_for_layout must be integers ({e})") from None
+    if not ranks or min(ranks) < 1 or rank_for_layout < 1:
+        raise ValueError(f"ranks must be positive integers, got {list(ranks)!r} and rank_for_layout {rank_for_layout}")
     if not keys:
         raise ValueError("keys must name at least one state entry, e.g. 'exp_avg'")
     names = {id(p): n for n, p in model.named_parameters()} if model is not None else {}
