@@ -179,8 +179,9 @@ def main():
     text = "\n".join(lines) + "\n"
     print(text)
     C.RESULTS.mkdir(parents=True, exist_ok=True)
-    suffix = "" if default_model else f"_d{args.d_model}_l{args.layers}_lr{args.lr:g}"
-    if default_model and args.lr != 3e-3:
+    # Another model has no default lr, so its name always carries the lr.
+    suffix = "" if default_model else f"_d{args.d_model}_l{args.layers}"
+    if not default_model or args.lr != 3e-3:
         suffix += f"_lr{args.lr:g}"
     if (args.steps, args.seed) != (200, 0):
         suffix += f"_s{args.steps}_seed{args.seed}"

@@ -49,7 +49,8 @@ def main():
              steps=bq.MODES["full"]["steps"])
         return
     torch.set_num_threads(args.threads)
-    bq.MODEL = bq.TinyLMConfig(n_layer=args.layers, d_model=args.d_model, n_head=4, context=64)
+    bq.MODEL = bq.TinyLMConfig(n_layer=args.layers, d_model=args.d_model, n_head=bq.MODEL.n_head,
+                               context=bq.MODEL.context)
     mode = dict(bq.MODES["full"])
     default_steps = mode["steps"]
     mode["steps"] = args.steps
@@ -70,15 +71,16 @@ def main():
         used.add((method, lr, seed))
         return runner.run(method, lr, seed)
 
+    def best_lr(pts):
+        return min(pts, key=lambda p: p[1]["val"] if math.isfinite(p[1]["val"]) else math.inf)[0]
+
     for method, grid in METHODS.items():
         pts = [(lr, run(method, lr, 0)) for lr in grid]
-        best = min(pts, key=lambda p: p[1]["val"] if math.isfinite(p[1]["val"]) else math.inf)
-        if best[0] in (grid[0], grid[-1]):
-            lr = bq._next_lr(best[0], up=best[0] == grid[-1])
-            pts.append((lr, run(method, lr, 0)))
-            pts.sort()
-            best = min(pts, key=lambda p: p[1]["val"] if math.isfinite(p[1]["val"]) else math.inf)
-        lr = best[0]
+        lr = best_lr(pts)
+        if lr in (grid[0], grid[-1]):
+            edge = bq._next_lr(lr, up=lr == grid[-1])
+            pts = sorted(pts + [(edge, run(method, edge, 0))])
+            lr = best_lr(pts)
         runs = [run(method, lr, s) for s in mode["seeds"]]
         vals = [r["val"] for r in runs]
         results[method] = (lr, statistics.mean(vals), statistics.stdev(vals), runs[0]["state_bytes"], pts, runs)
