@@ -85,6 +85,7 @@ GRIDS = {
 }
 METHODS = list(GRIDS)
 MATRIX_NAMES = ("qkv", "proj", "fc1", "fc2")
+BLOCKS_ONLY = "blocks only"  # suffix of an MLorc-AdamW method whose embeddings and head stay dense
 WD_ADAM, WD_LION = 0.01, 0.05
 
 
@@ -93,13 +94,24 @@ WD_ADAM, WD_LION = 0.01, 0.05
 # --------------------------------------------------------------------------------------------
 
 
+def block_matrices(model):
+    """(the transformer blocks' weight matrices, every other parameter)."""
+    blocks = [w for n, w in model.named_parameters() if w.dim() == 2 and n.split(".")[-2] in MATRIX_NAMES]
+    ids = {id(w) for w in blocks}
+    return blocks, [w for w in model.parameters() if id(w) not in ids]
+
+
 def build(method, lr, seed, model, steps, extra):
     """Returns (model to train, optimizer)."""
     r, q, p = extra.get("r", 4), extra.get("q", 0), extra.get("p", 0)
     if method == "AdamW":
         return model, torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=WD_ADAM)
     if method.startswith("MLorc-AdamW"):
-        return model, mt.MLorcAdamW(model.parameters(), lr=lr, weight_decay=WD_ADAM, rank=r, power_iters=q,
+        params = model.parameters()
+        if method.endswith(BLOCKS_ONLY):  # embeddings and head keep dense moments, as GaLore's set-up below
+            blocks, rest = block_matrices(model)
+            params = [{"params": blocks}, {"params": rest, "layout": "dense"}]
+        return model, mt.MLorcAdamW(params, lr=lr, weight_decay=WD_ADAM, rank=r, power_iters=q,
                                     oversampling=p, seed=seed)
     if method.startswith("MLorc-Lion"):
         return model, mt.MLorcLion(model.parameters(), lr=lr, weight_decay=WD_LION, rank=r, power_iters=q,
@@ -109,9 +121,7 @@ def build(method, lr, seed, model, steps, extra):
     if method.startswith("GaLore"):
         from galore_torch import GaLoreAdamW
 
-        gal = [w for n, w in model.named_parameters() if w.dim() == 2 and n.split(".")[-2] in MATRIX_NAMES]
-        ids = {id(w) for w in gal}
-        rest = [w for w in model.parameters() if id(w) not in ids]
+        gal, rest = block_matrices(model)
         groups = [{"params": rest},
                   {"params": gal, "rank": r, "update_proj_gap": max(1, steps // 4), "scale": 1.0, "proj_type": "std"}]
         with warnings.catch_warnings():

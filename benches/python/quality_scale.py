@@ -1,17 +1,20 @@
 #!/usr/bin/env python3
 """Does MLorc-AdamW's gap to AdamW shrink with the model? The fine-tuning benchmark of
 bench_quality.py (same texts, schedule, batches and caching) on a wider and deeper tinylm,
-AdamW against MLorc-AdamW r=4 only: each method's lr chosen by seed-0 validation loss on the
+AdamW against MLorc-AdamW r=4 (and, with `--also`, GaLore-AdamW r=4, LoRA r=4 or MLorc-AdamW
+with dense embeddings and head): each method's lr chosen by seed-0 validation loss on the
 1-3-10 grid (extended once where the best point is on an edge), then seeds 0-2 at that lr.
 
     python3 benches/python/quality_scale.py                    # d_model 256, 4 layers (~25 min, 2 cores)
     python3 benches/python/quality_scale.py --d-model 192 --layers 3
+    python3 benches/python/quality_scale.py --steps 400 --also galore,lora,blocks
 
 Runs are cached in results/quality_runs.jsonl under their own pre-training key; the report is
 printed and written to results/quality_scale_d{d}_l{layers}.md (and .json; `--steps` other than
 200 add _s<steps>). `--plot` then draws the JSONs of 200-step runs into
 results/quality_scale.png: the two methods' validation loss against the model's parameter
-count, and their validation-loss curves.
+count, and their validation-loss curves; and every JSON into results/quality_budget.png: the
+gap against the number of fine-tuning steps, per model.
 
     python3 benches/python/quality_scale.py --d-model 128 --layers 3   # bench_quality's model (its cached runs)
     python3 benches/python/quality_scale.py --plot
@@ -32,7 +35,12 @@ import bench_quality as bq  # noqa: E402
 import _common as C  # noqa: E402
 import torch  # noqa: E402
 
+# Each method's grid: the three points of bench_quality's grid around where its best lr fell there.
 METHODS = {"AdamW": [1e-3, 3e-3, 1e-2], "MLorc-AdamW r=4": [1e-3, 3e-3, 1e-2]}
+# --also: the paper's other claim (MLorc beats GaLore and LoRA, both set up on the blocks' matrices
+# only), and MLorc with the embeddings and head dense (what compressing them costs).
+ALSO = {"galore": ("GaLore-AdamW r=4", [3e-3, 1e-2, 3e-2]), "lora": ("LoRA r=4", [3e-3, 1e-2, 3e-2]),
+        "blocks": (f"MLorc-AdamW r=4 {bq.BLOCKS_ONLY}", [1e-3, 3e-3, 1e-2])}
 
 
 def main():
@@ -42,12 +50,19 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=bq.MODES["full"]["steps"],
                     help="fine-tuning steps (reports of other lengths get an _s<steps> suffix)")
+    ap.add_argument("--also", default="", help="comma-separated, more methods: " +
+                    ", ".join(f"{k} ({name})" for k, (name, _) in ALSO.items()))
     ap.add_argument("--plot", action="store_true", help="only draw results/quality_scale.png from the JSONs")
     args = ap.parse_args()
     if args.plot:
-        plot(sorted(C.RESULTS.glob("quality_scale_d*_l*.json")), C.RESULTS / "quality_scale.png",
-             steps=bq.MODES["full"]["steps"])
+        paths = sorted(C.RESULTS.glob("quality_scale_d*_l*.json"))
+        plot(paths, C.RESULTS / "quality_scale.png", steps=bq.MODES["full"]["steps"])
+        plot_budget(paths, C.RESULTS / "quality_budget.png")
         return
+    also = [k.strip() for k in args.also.split(",") if k.strip()]
+    if set(also) - set(ALSO):
+        ap.error(f"--also: unknown {sorted(set(also) - set(ALSO))}; choose from {', '.join(ALSO)}")
+    grids = {**METHODS, **dict(ALSO[k] for k in also)}
     torch.set_num_threads(args.threads)
     bq.MODEL = bq.TinyLMConfig(n_layer=args.layers, d_model=args.d_model, n_head=bq.MODEL.n_head,
                                context=bq.MODEL.context)
@@ -74,7 +89,7 @@ def main():
     def best_lr(pts):
         return min(pts, key=lambda p: p[1]["val"] if math.isfinite(p[1]["val"]) else math.inf)[0]
 
-    for method, grid in METHODS.items():
+    for method, grid in grids.items():
         pts = [(lr, run(method, lr, 0)) for lr in grid]
         lr = best_lr(pts)
         if lr in (grid[0], grid[-1]):
@@ -93,7 +108,7 @@ def main():
     lines.append("|---|---|---|---|---|---|")
     for method, (lr, mean, std, sb, pts, _) in results.items():
         grid_txt = ", ".join(f"{g:.0e}→{r['val']:.4f}" for g, r in pts)
-        lines.append(f"| {method} | {grid_txt} | {lr:.0e} | {mean:.4f} ± {std:.4f} | {100 * (mean / adam - 1):+.1f}% | "
+        lines.append(f"| {method} | {grid_txt} | {lr:.0e} | {mean:.4f} ± {std:.4f} | {100 * (mean / adam - 1):+.2f}% | "
                      f"{sb / 1024:.1f} |")
     lines.append("")
     steps_arg = "" if args.steps == default_steps else f" --steps {args.steps}"
@@ -158,6 +173,37 @@ def plot(paths, out, steps):
     a2.set_title("validation loss during fine-tuning (solid: AdamW, dashed: MLorc-AdamW r=4)", fontsize=9)
     a2.grid(alpha=0.3)
     a2.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    print(f"wrote {out}")
+
+
+def plot_budget(paths, out):
+    """MLorc-AdamW r=4's gap to AdamW against the fine-tuning steps, one line per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_model = {}
+    for d in (json.loads(p.read_text()) for p in paths):
+        gap = 100 * (d["methods"]["MLorc-AdamW r=4"]["mean"] / d["methods"]["AdamW"]["mean"] - 1)
+        by_model.setdefault((d["params"], d["d_model"], d["layers"]), []).append((d["steps"], gap))
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for (params, d_model, layers), pts in sorted(by_model.items()):
+        steps, gaps = zip(*sorted(pts))
+        ax.plot(steps, gaps, marker="o", label=f"d_model {d_model} × {layers} layers ({params / 1e6:.1f} M)")
+    ax.axhline(1.0, color="k", ls=":", lw=1, label="the 1% target")
+    ax.set_xscale("log", base=2)
+    ticks = sorted({s for pts in by_model.values() for s, _ in pts})
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("fine-tuning steps")
+    ax.set_ylabel("MLorc-AdamW r=4 over AdamW, final val loss (%)")
+    ax.set_title("the gap against the fine-tuning budget (each method's lr tuned per budget)", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
