@@ -112,7 +112,9 @@ def main():
                      f"{sb / 1024:.1f} |")
     lines.append("")
     steps_arg = "" if args.steps == default_steps else f" --steps {args.steps}"
-    lines.append(f"Command: `python3 benches/python/quality_scale.py --d-model {args.d_model} --layers {args.layers}{steps_arg}` "
+    also_arg = f" --also {','.join(also)}" if also else ""
+    lines.append(f"Command: `python3 benches/python/quality_scale.py --d-model {args.d_model} --layers {args.layers}"
+                 f"{steps_arg}{also_arg}` "
                  f"({time.perf_counter() - t0:.0f} s wall, {len(trained)} of {len(used)} runs trained, the rest from "
                  f"results/quality_runs.jsonl; {C.cpu_model()}, {C.ncores()} cores).")
     text = "\n".join(lines)

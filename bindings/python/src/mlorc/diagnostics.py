@@ -6,7 +6,7 @@ the moments really are to rank r, which :func:`low_rank_energy` measures from th
 ``exp_avg_sq``): for every parameter MLorc would factor, the share of ``||A||²_F`` that the best
 rank-r approximation of ``A`` keeps (``Σ_{i≤r} σ_i² / Σ σ_i²``, from an f64 SVD). On the
 byte-level fine-tuning benchmark of BENCHMARKS.md §2.2 the first moment kept 37–65% at r = 4
-and MLorc-AdamW ended 1.7–12% above AdamW's validation loss; where it keeps nearly all, expect
+and MLorc-AdamW ended 1.05–12% above AdamW's validation loss; where it keeps nearly all, expect
 MLorc to match AdamW.
 
     opt = torch.optim.AdamW(model.parameters(), lr=...)
