@@ -52,7 +52,7 @@ def main():
                     help="fine-tuning steps (reports of other lengths get an _s<steps> suffix)")
     ap.add_argument("--also", default="", help="comma-separated, more methods: " +
                     ", ".join(f"{k} ({name})" for k, (name, _) in ALSO.items()))
-    ap.add_argument("--plot", action="store_true", help="only draw results/quality_scale.png from the JSONs")
+    ap.add_argument("--plot", action="store_true", help="only draw results/quality_scale.png and quality_budget.png from the JSONs")
     args = ap.parse_args()
     if args.plot:
         paths = sorted(C.RESULTS.glob("quality_scale_d*_l*.json"))
