@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Does MLorc-AdamW's gap to AdamW shrink with the model? The fine-tuning benchmark of
 bench_quality.py (same texts, schedule, batches and caching) on a wider and deeper tinylm,
-AdamW against MLorc-AdamW r=4 (and, with `--also`, GaLore-AdamW r=4, LoRA r=4 or MLorc-AdamW
-with dense embeddings and head): each method's lr chosen by seed-0 validation loss on the
+AdamW against MLorc-AdamW r=4 (and, with `--also`, GaLore-AdamW r=4, LoRA r=4, MLorc-AdamW
+with dense embeddings and head, or MLorc-AdamW r=8): each method's lr chosen by seed-0 validation loss on the
 1-3-10 grid (extended once where the best point is on an edge), then seeds 0-2 at that lr.
 
     python3 benches/python/quality_scale.py                    # d_model 256, 4 layers (~25 min, 2 cores)
@@ -38,9 +38,11 @@ import torch  # noqa: E402
 # Each method's grid: the three points of bench_quality's grid around where its best lr fell there.
 METHODS = {"AdamW": [1e-3, 3e-3, 1e-2], "MLorc-AdamW r=4": [1e-3, 3e-3, 1e-2]}
 # --also: the paper's other claim (MLorc beats GaLore and LoRA, both set up on the blocks' matrices
-# only), and MLorc with the embeddings and head dense (what compressing them costs).
-ALSO = {"galore": ("GaLore-AdamW r=4", [3e-3, 1e-2, 3e-2]), "lora": ("LoRA r=4", [3e-3, 1e-2, 3e-2]),
-        "blocks": (f"MLorc-AdamW r=4 {bq.BLOCKS_ONLY}", [1e-3, 3e-3, 1e-2])}
+# only), MLorc with the embeddings and head dense (what compressing them costs), and MLorc at
+# rank 8 (what doubling r buys). Each: (method, lr grid, bench_quality's extra settings).
+ALSO = {"galore": ("GaLore-AdamW r=4", [3e-3, 1e-2, 3e-2], {}), "lora": ("LoRA r=4", [3e-3, 1e-2, 3e-2], {}),
+        "blocks": (f"MLorc-AdamW r=4 {bq.BLOCKS_ONLY}", [1e-3, 3e-3, 1e-2], {}),
+        "r8": ("MLorc-AdamW r=8", [1e-3, 3e-3, 1e-2], {"r": 8})}
 
 
 def main():
@@ -51,7 +53,7 @@ def main():
     ap.add_argument("--steps", type=int, default=bq.MODES["full"]["steps"],
                     help="fine-tuning steps (reports of other lengths get an _s<steps> suffix)")
     ap.add_argument("--also", default="", help="comma-separated, more methods: " +
-                    ", ".join(f"{k} ({name})" for k, (name, _) in ALSO.items()))
+                    ", ".join(f"{k} ({name})" for k, (name, _, _) in ALSO.items()))
     ap.add_argument("--plot", action="store_true", help="only draw results/quality_scale.png and quality_budget.png from the JSONs")
     args = ap.parse_args()
     if args.plot:
@@ -62,7 +64,8 @@ def main():
     also = [k.strip() for k in args.also.split(",") if k.strip()]
     if set(also) - set(ALSO):
         ap.error(f"--also: unknown {sorted(set(also) - set(ALSO))}; choose from {', '.join(ALSO)}")
-    grids = {**METHODS, **dict(ALSO[k] for k in also)}
+    grids = {m: (grid, {}) for m, grid in METHODS.items()}
+    grids.update({ALSO[k][0]: ALSO[k][1:] for k in also})
     torch.set_num_threads(args.threads)
     bq.MODEL = bq.TinyLMConfig(n_layer=args.layers, d_model=args.d_model, n_head=bq.MODEL.n_head,
                                context=bq.MODEL.context)
@@ -80,23 +83,23 @@ def main():
     results = {}
     trained, used = [], set()
 
-    def run(method, lr, seed):
-        if runner.key(method, lr, seed, {}) not in runner.cache:
+    def run(method, lr, seed, extra):
+        if runner.key(method, lr, seed, extra) not in runner.cache:
             trained.append((method, lr, seed))
         used.add((method, lr, seed))
-        return runner.run(method, lr, seed)
+        return runner.run(method, lr, seed, extra)
 
     def best_lr(pts):
         return min(pts, key=lambda p: p[1]["val"] if math.isfinite(p[1]["val"]) else math.inf)[0]
 
-    for method, grid in grids.items():
-        pts = [(lr, run(method, lr, 0)) for lr in grid]
+    for method, (grid, extra) in grids.items():
+        pts = [(lr, run(method, lr, 0, extra)) for lr in grid]
         lr = best_lr(pts)
         if lr in (grid[0], grid[-1]):
             edge = bq._next_lr(lr, up=lr == grid[-1])
-            pts = sorted(pts + [(edge, run(method, edge, 0))])
+            pts = sorted(pts + [(edge, run(method, edge, 0, extra))])
             lr = best_lr(pts)
-        runs = [run(method, lr, s) for s in mode["seeds"]]
+        runs = [run(method, lr, s, extra) for s in mode["seeds"]]
         vals = [r["val"] for r in runs]
         results[method] = (lr, statistics.mean(vals), statistics.stdev(vals), runs[0]["state_bytes"], pts, runs)
     adam = results["AdamW"][1]
