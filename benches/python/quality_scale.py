@@ -2,8 +2,9 @@
 """Does MLorc-AdamW's gap to AdamW shrink with the model? The fine-tuning benchmark of
 bench_quality.py (same texts, schedule, batches and caching) on a wider and deeper tinylm,
 AdamW against MLorc-AdamW r=4 (and, with `--also`, GaLore-AdamW r=4, LoRA r=4, MLorc-AdamW
-with dense embeddings and head, or MLorc-AdamW r=8): each method's lr chosen by seed-0 validation loss on the
-1-3-10 grid (extended once where the best point is on an edge), then seeds 0-2 at that lr.
+with dense embeddings and head, or MLorc-AdamW r=8): each method's lr chosen by seed-0
+validation loss on the 1-3-10 grid (extended once where the best point is on an edge), then
+seeds 0-2 at that lr.
 
     python3 benches/python/quality_scale.py                    # d_model 256, 4 layers (~25 min, 2 cores)
     python3 benches/python/quality_scale.py --d-model 192 --layers 3
@@ -54,7 +55,8 @@ def main():
                     help="fine-tuning steps (reports of other lengths get an _s<steps> suffix)")
     ap.add_argument("--also", default="", help="comma-separated, more methods: " +
                     ", ".join(f"{k} ({name})" for k, (name, _, _) in ALSO.items()))
-    ap.add_argument("--plot", action="store_true", help="only draw results/quality_scale.png and quality_budget.png from the JSONs")
+    ap.add_argument("--plot", action="store_true",
+                    help="only draw results/quality_scale.png and quality_budget.png from the JSONs")
     args = ap.parse_args()
     if args.plot:
         paths = sorted(C.RESULTS.glob("quality_scale_d*_l*.json"))
