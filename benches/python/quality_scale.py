@@ -3,8 +3,8 @@
 bench_quality.py (same texts, schedule, batches and caching) on a wider and deeper tinylm,
 AdamW against MLorc-AdamW r=4 (and, with `--also`, GaLore-AdamW r=4, LoRA r=4, MLorc-AdamW
 with dense embeddings and head, or MLorc-AdamW r=8): each method's lr chosen by seed-0
-validation loss on the 1-3-10 grid (extended once where the best point is on an edge), then
-seeds 0-2 at that lr.
+validation loss on the 1-3-10 grid (extended by a point, up to twice, while the best point is on
+an edge), then seeds 0-2 at that lr.
 
     python3 benches/python/quality_scale.py                    # d_model 256, 4 layers (~25 min, 2 cores)
     python3 benches/python/quality_scale.py --d-model 192 --layers 3
@@ -15,10 +15,12 @@ printed and written to results/quality_scale_d{d}_l{layers}.md (and .json; `--st
 200 add _s<steps>). `--plot` then draws the JSONs of 200-step runs into
 results/quality_scale.png: the two methods' validation loss against the model's parameter
 count, and their validation-loss curves; and every JSON into results/quality_budget.png: the
-gap against the number of fine-tuning steps, per model.
+gap against the number of fine-tuning steps, per model. `--best` tabulates each model's
+best result of each method over the budgets measured (results/quality_best.md).
 
     python3 benches/python/quality_scale.py --d-model 128 --layers 3   # bench_quality's model (its cached runs)
     python3 benches/python/quality_scale.py --plot
+    python3 benches/python/quality_scale.py --best
 """
 
 from __future__ import annotations
@@ -55,9 +57,18 @@ def main():
                     help="fine-tuning steps (reports of other lengths get an _s<steps> suffix)")
     ap.add_argument("--also", default="", help="comma-separated, more methods: " +
                     ", ".join(f"{k} ({name})" for k, (name, _, _) in ALSO.items()))
+    ap.add_argument("--refine", action="store_true",
+                    help="after the grid, also try the chosen lr times 10^-1/4 and 10^1/4 (seed 0) and take the best "
+                         "of the three: is the grid's coarseness hiding a better lr? Report: quality_refine_*")
     ap.add_argument("--plot", action="store_true",
                     help="only draw results/quality_scale.png and quality_budget.png from the JSONs")
+    ap.add_argument("--best", action="store_true",
+                    help="only tabulate, per model, each method's best final val loss over the step budgets "
+                         "measured (results/quality_best.md, from the JSONs)")
     args = ap.parse_args()
+    if args.best:
+        best_over_budgets(sorted(C.RESULTS.glob("quality_scale_d*_l*.json")), C.RESULTS / "quality_best.md")
+        return
     if args.plot:
         paths = sorted(C.RESULTS.glob("quality_scale_d*_l*.json"))
         plot(paths, C.RESULTS / "quality_scale.png", steps=bq.MODES["full"]["steps"])
@@ -97,9 +108,15 @@ def main():
     for method, (grid, extra) in grids.items():
         pts = [(lr, run(method, lr, 0, extra)) for lr in grid]
         lr = best_lr(pts)
-        if lr in (grid[0], grid[-1]):
-            edge = bq._next_lr(lr, up=lr == grid[-1])
+        for _ in range(mode["extend"]):  # as bench_quality: a best lr on the edge extends the grid that way
+            if lr not in (pts[0][0], pts[-1][0]):
+                break
+            edge = bq._next_lr(lr, up=lr == pts[-1][0])
             pts = sorted(pts + [(edge, run(method, edge, 0, extra))])
+            lr = best_lr(pts)
+        if args.refine:  # half-way between the grid's points, on the log scale
+            halves = [float(f"{lr * 10 ** d:.2g}") for d in (-0.25, 0.25)]
+            pts = sorted(pts + [(x, run(method, x, 0, extra)) for x in halves])
             lr = best_lr(pts)
         runs = [run(method, lr, s, extra) for s in mode["seeds"]]
         vals = [r["val"] for r in runs]
@@ -112,12 +129,12 @@ def main():
     lines.append("| method | lr grid → val (seed 0) | chosen lr | val loss mean ± std (3 seeds) | vs AdamW | opt. state KiB |")
     lines.append("|---|---|---|---|---|---|")
     for method, (lr, mean, std, sb, pts, _) in results.items():
-        grid_txt = ", ".join(f"{g:.0e}→{r['val']:.4f}" for g, r in pts)
-        lines.append(f"| {method} | {grid_txt} | {lr:.0e} | {mean:.4f} ± {std:.4f} | {100 * (mean / adam - 1):+.2f}% | "
+        grid_txt = ", ".join(f"{fmt_lr(g)}→{r['val']:.4f}" for g, r in pts)
+        lines.append(f"| {method} | {grid_txt} | {fmt_lr(lr)} | {mean:.4f} ± {std:.4f} | {100 * (mean / adam - 1):+.2f}% | "
                      f"{sb / 1024:.1f} |")
     lines.append("")
     steps_arg = "" if args.steps == default_steps else f" --steps {args.steps}"
-    also_arg = f" --also {','.join(also)}" if also else ""
+    also_arg = (f" --also {','.join(also)}" if also else "") + (" --refine" if args.refine else "")
     lines.append(f"Command: `python3 benches/python/quality_scale.py --d-model {args.d_model} --layers {args.layers}"
                  f"{steps_arg}{also_arg}` "
                  f"({time.perf_counter() - t0:.0f} s wall, {len(trained)} of {len(used)} runs trained, the rest from "
@@ -125,7 +142,8 @@ def main():
     text = "\n".join(lines)
     print(text)
     suffix = "" if args.steps == default_steps else f"_s{args.steps}"
-    out = C.RESULTS / f"quality_scale_d{args.d_model}_l{args.layers}{suffix}.md"
+    kind = "refine" if args.refine else "scale"  # refined reports stay out of the plots' glob
+    out = C.RESULTS / f"quality_{kind}_d{args.d_model}_l{args.layers}{suffix}.md"
     if trained or not out.exists():  # a report from the cache alone would hide the runs' wall time
         out.write_text(text + "\n")
     summary = dict(d_model=args.d_model, layers=args.layers, steps=args.steps, params=params, pre_val=pre_val,
@@ -139,9 +157,40 @@ def main():
     print(f"wrote {out.with_suffix('.json')}" + (f" and {out.name}" if trained else ""))
 
 
+def fmt_lr(lr):
+    """1e-03 for the grid's points, 5.6e-04 for --refine's."""
+    return f"{lr:.1e}".replace(".0e", "e")
+
+
 def mlorc_gap(model):
     """MLorc-AdamW r=4's mean final validation loss over AdamW's, in percent, from a model's JSON."""
     return 100 * (model["methods"]["MLorc-AdamW r=4"]["mean"] / model["methods"]["AdamW"]["mean"] - 1)
+
+
+def best_over_budgets(paths, out):
+    """Per model: AdamW's and MLorc-AdamW r=4's 3-seed mean at every budget measured, and the gap
+    between the best of each. A longer run can end worse (the fine-tuning text is small), so the
+    gap at one budget is not the gap between the best models each optimizer can reach."""
+    by_model = {}
+    for d in (json.loads(p.read_text()) for p in paths):
+        by_model.setdefault((d["params"], d["d_model"], d["layers"]), []).append(d)
+    lines = ["| model | method | steps → lr, val (3 seeds) | best | best vs AdamW's best |", "|---|---|---|---|---|"]
+    for (params, d_model, layers), ds in sorted(by_model.items()):
+        ds.sort(key=lambda d: d["steps"])
+        best = {}
+        for method in ("AdamW", "MLorc-AdamW r=4"):
+            pts = [(d["steps"], d["methods"][method]) for d in ds]
+            best[method] = min(pts, key=lambda p: p[1]["mean"])
+            txt = ", ".join(f"{s} → {fmt_lr(m['lr'])}, {m['mean']:.4f} ± {m['std']:.4f}" for s, m in pts)
+            steps, m = best[method]
+            gap = 100 * (m["mean"] / best["AdamW"][1]["mean"] - 1)
+            lines.append(f"| d_model {d_model} × {layers} layers ({params / 1e6:.1f} M) | {method} | {txt} | "
+                         f"{m['mean']:.4f} ({steps} steps) | {gap:+.2f}% |")
+    lines += ["", "Command: `python3 benches/python/quality_scale.py --best` (from results/quality_scale_d*_l*.json)."]
+    text = "\n".join(lines)
+    print(text)
+    out.write_text(text + "\n")
+    print(f"wrote {out}")
 
 
 def plot(paths, out, steps):
@@ -192,7 +241,8 @@ def plot(paths, out, steps):
 
 
 def plot_budget(paths, out):
-    """MLorc-AdamW r=4's gap to AdamW against the fine-tuning steps, one line per model."""
+    """MLorc-AdamW r=4's gap to AdamW against the fine-tuning steps, one line per model; a hollow
+    marker where AdamW ends worse than with fewer steps (past its best budget: it overfits)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -201,14 +251,22 @@ def plot_budget(paths, out):
     by_model = {}
     for d in (json.loads(p.read_text()) for p in paths):
         gap = mlorc_gap(d)
-        by_model.setdefault((d["params"], d["d_model"], d["layers"]), []).append((d["steps"], gap))
+        by_model.setdefault((d["params"], d["d_model"], d["layers"]), []).append(
+            (d["steps"], gap, d["methods"]["AdamW"]["mean"]))
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for (params, d_model, layers), pts in sorted(by_model.items()):
-        steps, gaps = zip(*sorted(pts))
-        ax.plot(steps, gaps, marker="o", label=f"d_model {d_model} × {layers} layers ({params / 1e6:.1f} M)")
+    any_past = False
+    for i, ((params, d_model, layers), pts) in enumerate(sorted(by_model.items())):
+        steps, gaps, adam = zip(*sorted(pts))
+        ax.plot(steps, gaps, marker="o", color=f"C{i}", label=f"d_model {d_model} × {layers} layers ({params / 1e6:.1f} M)")
+        past = [(s, g) for j, (s, g) in enumerate(zip(steps, gaps)) if j and adam[j] > min(adam[:j])]
+        if past:
+            ax.plot(*zip(*past), "o", mfc="white", color=f"C{i}", ms=7)
+            any_past = True
+    if any_past:
+        ax.plot([], [], "o", mfc="white", color="0.4", label="hollow: AdamW ends worse than with fewer steps")
     ax.axhline(1.0, color="k", ls=":", lw=1, label="the 1% target")
     ax.set_xscale("log", base=2)
-    ticks = sorted({s for pts in by_model.values() for s, _ in pts})
+    ticks = sorted({p[0] for pts in by_model.values() for p in pts})
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.minorticks_off()
     ax.set_xlabel("fine-tuning steps")
