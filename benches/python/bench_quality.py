@@ -328,6 +328,25 @@ def _next_lr(lr, up):
     return float(f"{x:.3g}")
 
 
+def tune_lr(grid, run_at, extend):
+    """Runs `run_at(lr)` on the grid, extending it by one 1-3-10 point that way while the best lr is
+    on an edge, at most `extend` times. Returns the (lr, run) points in lr order and the best lr:
+    lowest finite validation loss, None where no run finished."""
+    pts = [(lr, run_at(lr)) for lr in grid]
+
+    def best():
+        done = [(r["val"], lr) for lr, r in pts if r and math.isfinite(r["val"])]
+        return min(done)[1] if done else None
+
+    for _ in range(extend):
+        lr = best()
+        if lr is None or lr not in (pts[0][0], pts[-1][0]):
+            break
+        edge = _next_lr(lr, up=lr == pts[-1][0])
+        pts = sorted(pts + [(edge, run_at(edge))], key=lambda p: p[0])
+    return pts, best()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
@@ -364,19 +383,7 @@ def main():
     grid_rows, chosen = {}, {}
     for method in METHODS:
         grid = list(GRIDS[method][mode["grid"]])
-        grid_rows[method] = [(lr, R.run(method, lr, seeds[0])) for lr in grid]
-        for _ in range(mode["extend"]):  # best lr on the grid's edge: extend it by one point that way
-            done = sorted((r["val"], lr) for lr, r in grid_rows[method] if r and math.isfinite(r["val"]))
-            if not done or done[0][1] not in (grid_rows[method][0][0], grid_rows[method][-1][0]):
-                break
-            if done[0][1] == grid_rows[method][-1][0]:
-                lr = _next_lr(grid_rows[method][-1][0], up=True)
-                grid_rows[method].append((lr, R.run(method, lr, seeds[0])))
-            else:
-                lr = _next_lr(grid_rows[method][0][0], up=False)
-                grid_rows[method].insert(0, (lr, R.run(method, lr, seeds[0])))
-        done = [(r["val"], lr) for lr, r in grid_rows[method] if r and math.isfinite(r["val"])]
-        chosen[method] = min(done)[1] if done else None
+        grid_rows[method], chosen[method] = tune_lr(grid, lambda lr: R.run(method, lr, seeds[0]), mode["extend"])
     # 2. other seeds at the chosen lr
     main_rows = {}
     for method in METHODS:

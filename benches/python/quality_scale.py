@@ -106,14 +106,8 @@ def main():
         return min(pts, key=lambda p: p[1]["val"] if math.isfinite(p[1]["val"]) else math.inf)[0]
 
     for method, (grid, extra) in grids.items():
-        pts = [(lr, run(method, lr, 0, extra)) for lr in grid]
+        pts, _ = bq.tune_lr(grid, lambda lr: run(method, lr, 0, extra), mode["extend"])
         lr = best_lr(pts)
-        for _ in range(mode["extend"]):  # as bench_quality: a best lr on the edge extends the grid that way
-            if lr not in (pts[0][0], pts[-1][0]):
-                break
-            edge = bq._next_lr(lr, up=lr == pts[-1][0])
-            pts = sorted(pts + [(edge, run(method, edge, 0, extra))])
-            lr = best_lr(pts)
         if args.refine:  # half-way between the grid's points, on the log scale
             halves = [float(f"{lr * 10 ** d:.2g}") for d in (-0.25, 0.25)]
             pts = sorted(pts + [(x, run(method, x, 0, extra)) for x in halves])
@@ -167,16 +161,20 @@ def mlorc_gap(model):
     return 100 * (model["methods"]["MLorc-AdamW r=4"]["mean"] / model["methods"]["AdamW"]["mean"] - 1)
 
 
+def models_by_size(paths):
+    """The JSONs of each model, keyed by (parameters, d_model, layers), in budget order."""
+    by_model = {}
+    for d in (json.loads(p.read_text()) for p in paths):
+        by_model.setdefault((d["params"], d["d_model"], d["layers"]), []).append(d)
+    return {k: sorted(ds, key=lambda d: d["steps"]) for k, ds in sorted(by_model.items())}
+
+
 def best_over_budgets(paths, out):
     """Per model: AdamW's and MLorc-AdamW r=4's 3-seed mean at every budget measured, and the gap
     between the best of each. A longer run can end worse (the fine-tuning text is small), so the
     gap at one budget is not the gap between the best models each optimizer can reach."""
-    by_model = {}
-    for d in (json.loads(p.read_text()) for p in paths):
-        by_model.setdefault((d["params"], d["d_model"], d["layers"]), []).append(d)
     lines = ["| model | method | steps → lr, val (3 seeds) | best | best vs AdamW's best |", "|---|---|---|---|---|"]
-    for (params, d_model, layers), ds in sorted(by_model.items()):
-        ds.sort(key=lambda d: d["steps"])
+    for (params, d_model, layers), ds in models_by_size(paths).items():
         best = {}
         for method in ("AdamW", "MLorc-AdamW r=4"):
             pts = [(d["steps"], d["methods"][method]) for d in ds]
@@ -248,15 +246,11 @@ def plot_budget(paths, out):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    by_model = {}
-    for d in (json.loads(p.read_text()) for p in paths):
-        gap = mlorc_gap(d)
-        by_model.setdefault((d["params"], d["d_model"], d["layers"]), []).append(
-            (d["steps"], gap, d["methods"]["AdamW"]["mean"]))
+    by_model = models_by_size(paths)
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     any_past = False
-    for i, ((params, d_model, layers), pts) in enumerate(sorted(by_model.items())):
-        steps, gaps, adam = zip(*sorted(pts))
+    for i, ((params, d_model, layers), ds) in enumerate(by_model.items()):
+        steps, gaps, adam = zip(*((d["steps"], mlorc_gap(d), d["methods"]["AdamW"]["mean"]) for d in ds))
         ax.plot(steps, gaps, marker="o", color=f"C{i}", label=f"d_model {d_model} × {layers} layers ({params / 1e6:.1f} M)")
         past = [(s, g) for j, (s, g) in enumerate(zip(steps, gaps)) if j and adam[j] > min(adam[:j])]
         if past:
@@ -266,7 +260,7 @@ def plot_budget(paths, out):
         ax.plot([], [], "o", mfc="white", color="0.4", label="hollow: AdamW ends worse than with fewer steps")
     ax.axhline(1.0, color="k", ls=":", lw=1, label="the 1% target")
     ax.set_xscale("log", base=2)
-    ticks = sorted({p[0] for pts in by_model.values() for p in pts})
+    ticks = sorted({d["steps"] for ds in by_model.values() for d in ds})
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.minorticks_off()
     ax.set_xlabel("fine-tuning steps")
