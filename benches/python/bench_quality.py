@@ -328,23 +328,25 @@ def _next_lr(lr, up):
     return float(f"{x:.3g}")
 
 
+def best_lr(pts):
+    """The lr of the (lr, run) points with the lowest finite validation loss (the smaller lr on a
+    tie); None where no run finished."""
+    done = [(r["val"], lr) for lr, r in pts if r and math.isfinite(r["val"])]
+    return min(done)[1] if done else None
+
+
 def tune_lr(grid, run_at, extend):
     """Runs `run_at(lr)` on the grid, extending it by one 1-3-10 point that way while the best lr is
-    on an edge, at most `extend` times. Returns the (lr, run) points in lr order and the best lr:
-    lowest finite validation loss, None where no run finished."""
+    on an edge, at most `extend` times. Returns the (lr, run) points in lr order and `best_lr` of
+    them."""
     pts = [(lr, run_at(lr)) for lr in grid]
-
-    def best():
-        done = [(r["val"], lr) for lr, r in pts if r and math.isfinite(r["val"])]
-        return min(done)[1] if done else None
-
     for _ in range(extend):
-        lr = best()
+        lr = best_lr(pts)
         if lr is None or lr not in (pts[0][0], pts[-1][0]):
             break
         edge = _next_lr(lr, up=lr == pts[-1][0])
         pts = sorted(pts + [(edge, run_at(edge))], key=lambda p: p[0])
-    return pts, best()
+    return pts, best_lr(pts)
 
 
 def main():

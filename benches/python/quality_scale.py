@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import time
@@ -102,16 +101,17 @@ def main():
         used.add((method, lr, seed))
         return runner.run(method, lr, seed, extra)
 
-    def best_lr(pts):
-        return min(pts, key=lambda p: p[1]["val"] if math.isfinite(p[1]["val"]) else math.inf)[0]
+    def chosen_lr(pts):
+        lr = bq.best_lr(pts)
+        return pts[0][0] if lr is None else lr  # every run diverged: the seeds at the smallest lr show how
 
     for method, (grid, extra) in grids.items():
         pts, _ = bq.tune_lr(grid, lambda lr: run(method, lr, 0, extra), mode["extend"])
-        lr = best_lr(pts)
+        lr = chosen_lr(pts)
         if args.refine:  # half-way between the grid's points, on the log scale
             halves = [float(f"{lr * 10 ** d:.2g}") for d in (-0.25, 0.25)]
             pts = sorted(pts + [(x, run(method, x, 0, extra)) for x in halves])
-            lr = best_lr(pts)
+            lr = chosen_lr(pts)
         runs = [run(method, lr, s, extra) for s in mode["seeds"]]
         vals = [r["val"] for r in runs]
         results[method] = (lr, statistics.mean(vals), statistics.stdev(vals), runs[0]["state_bytes"], pts, runs)
