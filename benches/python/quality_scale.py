@@ -16,7 +16,9 @@ printed and written to results/quality_scale_d{d}_l{layers}.md (and .json; `--st
 results/quality_scale.png: the two methods' validation loss against the model's parameter
 count, and their validation-loss curves; and every JSON into results/quality_budget.png: the
 gap against the number of fine-tuning steps, per model. `--best` tabulates each model's
-best result of each method over the budgets measured (results/quality_best.md).
+best result of each method over the budgets measured (results/quality_best.md). Both take a
+model's `--refine` report (results/quality_refine_*.json) instead of its 1-3-10 one where
+there is one.
 
     python3 benches/python/quality_scale.py --d-model 128 --layers 3   # bench_quality's model (its cached runs)
     python3 benches/python/quality_scale.py --plot
@@ -66,10 +68,10 @@ def main():
                          "measured (results/quality_best.md, from the JSONs)")
     args = ap.parse_args()
     if args.best:
-        best_over_budgets(sorted(C.RESULTS.glob("quality_scale_d*_l*.json")), C.RESULTS / "quality_best.md")
+        best_over_budgets(tuned_reports(), C.RESULTS / "quality_best.md")
         return
     if args.plot:
-        paths = sorted(C.RESULTS.glob("quality_scale_d*_l*.json"))
+        paths = tuned_reports()
         plot(paths, C.RESULTS / "quality_scale.png", steps=bq.MODES["full"]["steps"])
         plot_budget(paths, C.RESULTS / "quality_budget.png")
         return
@@ -151,6 +153,14 @@ def main():
     print(f"wrote {out.with_suffix('.json')}" + (f" and {out.name}" if trained else ""))
 
 
+def tuned_reports():
+    """Every model's and budget's JSON, the `--refine` one where it exists: its grid holds the
+    1-3-10 grid's points and the half-way ones, so its choice is the better tuned."""
+    paths = sorted(C.RESULTS.glob("quality_scale_d*_l*.json"))
+    refined = [p.with_name(p.name.replace("quality_scale_", "quality_refine_", 1)) for p in paths]
+    return [r if r.exists() else p for p, r in zip(paths, refined)]
+
+
 def fmt_lr(lr):
     """1e-03 for the grid's points, 5.6e-04 for --refine's."""
     return f"{lr:.1e}".replace(".0e", "e")
@@ -184,7 +194,8 @@ def best_over_budgets(paths, out):
             gap = 100 * (m["mean"] / best["AdamW"][1]["mean"] - 1)
             lines.append(f"| d_model {d_model} × {layers} layers ({params / 1e6:.1f} M) | {method} | {txt} | "
                          f"{m['mean']:.4f} ({steps} steps) | {gap:+.2f}% |")
-    lines += ["", "Command: `python3 benches/python/quality_scale.py --best` (from results/quality_scale_d*_l*.json)."]
+    lines += ["", "Command: `python3 benches/python/quality_scale.py --best` (from results/quality_scale_d*_l*.json, "
+              "or quality_refine_* where a budget was refined)."]
     text = "\n".join(lines)
     print(text)
     out.write_text(text + "\n")
