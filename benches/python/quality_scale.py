@@ -17,7 +17,7 @@ results/quality_scale.png: the two methods' validation loss against the model's 
 count, and their validation-loss curves; and every JSON into results/quality_budget.png: the
 gap against the number of fine-tuning steps, per model. `--best` tabulates each model's
 best result of each method over the budgets measured (results/quality_best.md). Both take a
-model's `--refine` report (results/quality_refine_*.json) instead of its 1-3-10 one where
+budget's `--refine` report (results/quality_refine_*.json) instead of its 1-3-10 one where
 there is one.
 
     python3 benches/python/quality_scale.py --d-model 128 --layers 3   # bench_quality's model (its cached runs)
@@ -138,7 +138,7 @@ def main():
     text = "\n".join(lines)
     print(text)
     suffix = "" if args.steps == default_steps else f"_s{args.steps}"
-    kind = "refine" if args.refine else "scale"  # refined reports stay out of the plots' glob
+    kind = "refine" if args.refine else "scale"  # a refined report stands in for its 1-3-10 one: tuned_reports
     out = C.RESULTS / f"quality_{kind}_d{args.d_model}_l{args.layers}{suffix}.md"
     if trained or not out.exists():  # a report from the cache alone would hide the runs' wall time
         out.write_text(text + "\n")
