@@ -2,13 +2,15 @@
 """Does MLorc-AdamW's gap to AdamW shrink with the model? The fine-tuning benchmark of
 bench_quality.py (same texts, schedule, batches and caching) on a wider and deeper tinylm,
 AdamW against MLorc-AdamW r=4 (and, with `--also`, GaLore-AdamW r=4, LoRA r=4, MLorc-AdamW
-with dense embeddings and head, or MLorc-AdamW r=8): each method's lr chosen by seed-0
-validation loss on the 1-3-10 grid (extended by a point, up to twice, while the best point is on
-an edge), then seeds 0-2 at that lr.
+with dense embeddings and head, MLorc-AdamW r=8, r=4 with q=1 or p=4, or the plain-torch
+reference with only M or only V compressed): each method's lr chosen by seed-0 validation loss
+on the 1-3-10 grid (extended by a point, up to twice, while the best point is on an edge), then
+seeds 0-2 at that lr.
 
     python3 benches/python/quality_scale.py                    # d_model 256, 4 layers (~25 min, 2 cores)
     python3 benches/python/quality_scale.py --d-model 192 --layers 3
     python3 benches/python/quality_scale.py --steps 400 --also galore,lora,blocks
+    python3 benches/python/quality_scale.py --steps 800 --also only-m,only-v,q1,p4
 
 Runs are cached in results/quality_runs.jsonl under their own pre-training key; the report is
 printed and written to results/quality_scale_d{d}_l{layers}.md (and .json; `--steps` other than
@@ -42,11 +44,17 @@ import torch  # noqa: E402
 # Each method's grid: the three points of bench_quality's grid around where its best lr fell there.
 METHODS = {"AdamW": [1e-3, 3e-3, 1e-2], "MLorc-AdamW r=4": [1e-3, 3e-3, 1e-2]}
 # --also: the paper's other claim (MLorc beats GaLore and LoRA, both set up on the blocks' matrices
-# only), MLorc with the embeddings and head dense (what compressing them costs), and MLorc at
-# rank 8 (what doubling r buys). Each: (method, lr grid, bench_quality's extra settings).
+# only), MLorc with the embeddings and head dense (what compressing them costs), MLorc at
+# rank 8 (what doubling r buys), with one power iteration or 4 oversampling columns (the RSVD's
+# settings), and the plain-torch reference with one moment exact (which moment's compression
+# costs the gap). Each with its own lr: (method, lr grid, bench_quality's extra settings).
 ALSO = {"galore": ("GaLore-AdamW r=4", [3e-3, 1e-2, 3e-2], {}), "lora": ("LoRA r=4", [3e-3, 1e-2, 3e-2], {}),
         "blocks": (f"MLorc-AdamW r=4 {bq.BLOCKS_ONLY}", [1e-3, 3e-3, 1e-2], {}),
-        "r8": ("MLorc-AdamW r=8", [1e-3, 3e-3, 1e-2], {"r": 8})}
+        "r8": ("MLorc-AdamW r=8", [1e-3, 3e-3, 1e-2], {"r": 8}),
+        "q1": ("MLorc-AdamW r=4 q=1", [3e-3, 1e-2, 3e-2], {"q": 1}),
+        "p4": ("MLorc-AdamW r=4 p=4", [3e-3, 1e-2, 3e-2], {"p": 4}),
+        "only-m": ("ref r=4, only M compressed (V exact)", [1e-3, 3e-3, 1e-2], {"cv": False}),
+        "only-v": ("ref r=4, only V compressed (M exact)", [1e-3, 3e-3, 1e-2], {"cm": False})}
 
 
 def main():
